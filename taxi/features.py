@@ -1,0 +1,66 @@
+"""Feature matrices identical to DictVectorizer on {PU_DO, trip_distance} records, built without dicts."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from sklearn.feature_extraction import DictVectorizer
+
+CATEGORICAL, NUMERICAL = "PU_DO", "trip_distance"
+TARGET = "duration"
+
+
+def fit_vectorizer(df: pd.DataFrame) -> DictVectorizer:
+    """A DictVectorizer fitted as `fit(df[[PU_DO, trip_distance]].to_dict('records'))` would be."""
+    categories = np.sort(df[CATEGORICAL].unique().astype(str))
+    names = [f"{CATEGORICAL}={value}" for value in categories] + [NUMERICAL]
+    names.sort()  # DictVectorizer sorts feature names; 'PU_DO=…' < 'trip_distance' keeps the one-hots first
+    vectorizer = DictVectorizer()
+    vectorizer.feature_names_ = names
+    vectorizer.vocabulary_ = {name: i for i, name in enumerate(names)}
+    return vectorizer
+
+
+def transform(vectorizer: DictVectorizer, df: pd.DataFrame) -> sp.csr_matrix:
+    """`vectorizer.transform(records)` for PU_DO/trip_distance records, entry for entry, in vectorised numpy."""
+    vocabulary = vectorizer.vocabulary_
+    prefix = f"{CATEGORICAL}="
+    names = [name[len(prefix):] for name in vectorizer.feature_names_ if name.startswith(prefix)]
+    columns = np.array([vocabulary[prefix + name] for name in names], dtype=np.int32)
+    codes = pd.Categorical(df[CATEGORICAL].astype(str), categories=names).codes
+    known = codes >= 0
+    n = len(df)
+    indices = np.empty((n, 2), dtype=np.int32)
+    data = np.empty((n, 2), dtype=np.float64)
+    indices[:, 0] = columns[np.where(known, codes, 0)] if len(columns) else 0
+    indices[:, 1] = vocabulary[NUMERICAL]
+    data[:, 0] = 1.0
+    data[:, 1] = df[NUMERICAL].to_numpy(dtype=np.float64)
+    present = np.empty((n, 2), dtype=bool)
+    present[:, 0] = known
+    present[:, 1] = True
+    # one-hot columns sort before 'trip_distance', so each row is already in DictVectorizer's column order
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(present.sum(axis=1), out=indptr[1:])
+    return sp.csr_matrix((data[present], indices[present], indptr), shape=(n, len(vocabulary)))
+
+
+def target(df: pd.DataFrame) -> np.ndarray:
+    return df[TARGET].to_numpy(dtype=np.float64)
+
+
+def save_matrix(X: sp.csr_matrix, y: np.ndarray, f) -> None:
+    """Write a CSR matrix and its targets to a binary file object as one .npz."""
+    np.savez(f, data=X.data, indices=X.indices, indptr=X.indptr, shape=np.array(X.shape), y=y)
+
+
+def load_matrix(f) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Read what `save_matrix` wrote (a path, or a file object that need not be seekable)."""
+    if hasattr(f, "read"):
+        f = io.BytesIO(f.read())
+    with np.load(f) as npz:
+        X = sp.csr_matrix((npz["data"], npz["indices"], npz["indptr"]), shape=tuple(npz["shape"]))
+        return X, npz["y"]

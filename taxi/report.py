@@ -1,0 +1,80 @@
+"""The per-run report: a markdown summary and PNG plots (pure: no luigi)."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+PLOTS = ("predicted_vs_actual.png", "residuals.png", "feature_importance.png")
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def plots(y_true: np.ndarray, y_pred: np.ndarray, importances: dict[str, float], top: int = 20) -> dict[str, bytes]:
+    """PNG bytes for predicted-vs-actual, the residual histogram and the top feature importances."""
+    fig, ax = plt.subplots(figsize=(6, 6))
+    ax.hexbin(y_true, y_pred, gridsize=60, bins="log", cmap="viridis", extent=(0, 60, 0, 60))
+    ax.plot([0, 60], [0, 60], color="red", linewidth=1)
+    ax.set(xlabel="actual duration (min)", ylabel="predicted duration (min)", title="Validation: predicted vs actual")
+    predicted_vs_actual = _png(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.hist(y_pred - y_true, bins=120, range=(-40, 40), color="steelblue")
+    ax.set(xlabel="predicted - actual (min)", ylabel="trips", title="Validation residuals")
+    residuals = _png(fig)
+
+    ranked = sorted(importances.items(), key=lambda kv: kv[1], reverse=True)[:top]
+    fig, ax = plt.subplots(figsize=(7, 0.3 * max(len(ranked), 1) + 1))
+    ax.barh([name for name, _ in ranked][::-1], [value for _, value in ranked][::-1], color="darkorange")
+    ax.set(xlabel="total gain", title=f"Top {len(ranked)} features")
+    importance = _png(fig)
+    return dict(zip(PLOTS, (predicted_vs_actual, residuals, importance)))
+
+
+def markdown(summary: dict) -> str:
+    """The run summary as markdown: data, scores, champion decision, parameters and timings."""
+    reg, data = summary["registration"], summary["data"]
+    champion = ("none (first version)" if reg["previous_champion_version"] is None else
+                f"v{reg['previous_champion_version']}: {reg['previous_champion_val_rmse']:.4f}")
+    lines = [
+        f"# {reg['name']} v{reg['version']}: {reg['decision']}",
+        "",
+        f"Trained on {data['train_month']}, validated on {data['valid_month']} ({summary['color']} taxi).",
+        "",
+        "| month | source | rows raw | rows clean | dropped |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for key in ("train", "valid"):
+        m = data[key]
+        lines.append(f"| {m['month']} | `{m['source_url']}` | {m['rows_raw']:,} | {m['rows_clean']:,} | "
+                     f"{100 * (1 - m['rows_clean'] / m['rows_raw']):.1f}% |")
+    lines += [
+        "",
+        "| RMSE (minutes) | value |",
+        "|---|---:|",
+        f"| train | {summary['train_rmse']:.4f} |",
+        f"| validation | {reg['val_rmse']:.4f} |",
+        f"| champion before this run, same validation month | {champion} |",
+        "",
+        f"Decision: **{reg['decision']}** (run `{reg['run_id']}`, model `{reg['model_uri']}`).",
+        "",
+        f"## Best parameters ({summary['tuning']['trials']} trials, {summary['tuning']['num_boost_round']} rounds)",
+        "",
+        "| parameter | value |",
+        "|---|---:|",
+    ]
+    lines += [f"| {k} | {v:.6g} |" for k, v in sorted(summary["tuning"]["params"].items())]
+    lines += ["", "## Timings", "", "| step | seconds |", "|---|---:|"]
+    lines += [f"| {step} | {seconds:.1f} |" for step, seconds in summary["timings"].items()]
+    lines += ["", "## Plots", ""] + [f"![{name[:-4]}]({name})" for name in PLOTS]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,368 @@
+"""Luigi wiring: parameters, requires, output; each run() calls the pure functions of the taxi modules.
+
+    luigi --module taxi.tasks RegisterModel --year 2021 --month 1 [--color green|yellow]
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+import time
+
+import luigi
+import mlflow
+import xgboost as xgb
+from tqdm import tqdm
+
+from taxi import data, features, registry, report, storage, training, tuning
+
+log = logging.getLogger(__name__)
+
+FEATURES_VERSION = "v1"  # bump when the features or the cleaning rules change
+MODEL_VERSION = "v1"  # bump when training or the logged model changes
+
+
+class TaxiConfig(luigi.Config):
+    """The `[taxi]` section: where data comes from and where every target lives."""
+
+    source = luigi.Parameter(default=data.TLC_SOURCE, description="URL template, URL prefix or folder of TLC files")
+    store = luigi.Parameter(default="data", description="folder or s3://bucket/prefix for all targets")
+    download_retries = luigi.IntParameter(default=4)
+    download_timeout = luigi.FloatParameter(default=30.0, description="seconds without data before a retry")
+    retry_backoff = luigi.FloatParameter(default=2.0, description="first retry delay in seconds, doubled each time")
+    threads = luigi.IntParameter(default=0, description="XGBoost threads; 0 means all cores")
+
+    @classmethod
+    def get_task_family(cls) -> str:
+        return "taxi"
+
+    @property
+    def nthread(self) -> int:
+        return self.threads or os.cpu_count() or 1
+
+
+class MlflowConfig(luigi.Config):
+    """The `[mlflow]` section: tracking server (or local sqlite file) and experiment."""
+
+    tracking_uri = luigi.Parameter(default="", description="empty: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
+    experiment = luigi.Parameter(default="taxi-duration")
+    artifact_location = luigi.Parameter(default="", description="artifact root for a new experiment (local tracking)")
+
+    @classmethod
+    def get_task_family(cls) -> str:
+        return "mlflow"
+
+    def connect(self) -> str:
+        uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+        location = self.artifact_location or None
+        if location and "://" not in location:
+            location = os.path.abspath(location)
+        registry.connect(uri, self.experiment, location)
+        return uri
+
+
+def month_str(year: int, month: int) -> str:
+    return f"{year}-{month:02d}"
+
+
+class MonthTask(luigi.Task):
+    """A task about one month of one taxi color; parameters are checked before any work."""
+
+    color = luigi.Parameter(default="green", description="green or yellow")
+    year = luigi.IntParameter()
+    month = luigi.IntParameter()
+    needs_next_month = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        data.validate_month(self.color, self.year, self.month, needs_next_month=self.needs_next_month)
+
+    @property
+    def ym(self) -> str:
+        return month_str(self.year, self.month)
+
+    def target(self, relpath: str) -> luigi.Target:
+        return storage.target(TaxiConfig().store, relpath)
+
+
+class DownloadMonth(MonthTask):
+    """The raw TLC parquet of one month, byte for byte, plus where it came from."""
+
+    def output(self):
+        name = data.tlc_filename(self.color, self.year, self.month)
+        return {"data": self.target(f"raw/{self.color}/{name}"), "meta": self.target(f"raw/{self.color}/{name}.json")}
+
+    def complete(self) -> bool:
+        out = self.output()
+        return out["meta"].exists() and storage.parquet_is_whole(out["data"])
+
+    def run(self):
+        cfg, started = TaxiConfig(), time.monotonic()
+        url = data.source_url(cfg.source, self.color, self.year, self.month)
+        with tempfile.TemporaryDirectory(prefix="taxi-download-") as tmp:
+            path = os.path.join(tmp, os.path.basename(url))
+            if storage.is_s3(url):
+                storage.fetch_s3(url, path)
+            else:
+                data.fetch(url, path, retries=cfg.download_retries, backoff=cfg.retry_backoff,
+                           timeout=cfg.download_timeout, progress=self._progress(url))
+            rows = data.check_raw(path, self.color, f"downloaded file {url}")
+            meta = {"source_url": url, "sha256": data.sha256(path), "bytes": os.path.getsize(path), "rows": rows,
+                    "month": self.ym, "seconds": round(time.monotonic() - started, 3)}
+            storage.put_file(path, self.output()["data"])
+        storage.write_json(meta, self.output()["meta"])
+
+    def _progress(self, url: str):
+        """A tqdm bar on a terminal, else a Luigi status message every 10%."""
+        if sys.stderr.isatty():
+            bar = tqdm(desc=os.path.basename(url), unit="B", unit_scale=True)
+
+            def show(done: int, total: int | None) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+            return show
+        reported = [-1]
+
+        def report_status(done: int, total: int | None) -> None:
+            if total and (tenth := 10 * done // total) > reported[0]:
+                reported[0] = tenth
+                self.set_status_message(f"downloading {url}: {done:,} of {total:,} bytes")
+                self.set_progress_percentage(10 * tenth)
+        return report_status
+
+
+class CleanMonth(MonthTask):
+    """Cleaned trips of one month (duration 1..60 min, string zone ids, PU_DO) and cleaning stats."""
+
+    max_drop_share = luigi.FloatParameter(default=0.2, significant=False,
+                                          description="warn when cleaning drops more than this share of rows")
+
+    def requires(self):
+        return DownloadMonth(color=self.color, year=self.year, month=self.month)
+
+    def output(self):
+        base = f"clean/{FEATURES_VERSION}/{self.color}/{self.ym}"
+        return {"data": self.target(f"{base}.parquet"), "stats": self.target(f"{base}.json")}
+
+    def complete(self) -> bool:
+        out = self.output()
+        return out["stats"].exists() and storage.parquet_is_whole(out["data"])
+
+    def run(self):
+        started = time.monotonic()
+        raw = self.input()["data"]
+        with storage.local_copy(raw) as path:
+            trips = data.read_trips(path, self.color)
+        cleaned, stats = data.clean_trips(trips, self.color, what=f"{self.color} {self.ym} ({raw.path})",
+                                          max_drop_share=self.max_drop_share)
+        storage.write_parquet(cleaned, self.output()["data"])
+        meta = storage.read_json(self.input()["meta"])
+        storage.write_json({**meta, "rows_raw": stats.rows_raw, "rows_clean": stats.rows_clean,
+                            "dropped_nonfinite_distance": stats.dropped_nonfinite_distance,
+                            "unknown_zone_rows": stats.unknown_zone_rows,
+                            "clean_seconds": round(time.monotonic() - started, 3)}, self.output()["stats"])
+
+
+class TrainingTask(MonthTask):
+    """A task about a training month and its validation month (the month after)."""
+
+    needs_next_month = True
+
+    @property
+    def valid_ym(self) -> tuple[int, int]:
+        return data.next_month(self.year, self.month)
+
+    def clean_months(self) -> dict[str, CleanMonth]:
+        valid_year, valid_month = self.valid_ym
+        return {"train": CleanMonth(color=self.color, year=self.year, month=self.month),
+                "valid": CleanMonth(color=self.color, year=valid_year, month=valid_month)}
+
+
+class BuildFeatures(TrainingTask):
+    """The fitted DictVectorizer and the train/validation matrices with their targets."""
+
+    def requires(self):
+        return self.clean_months()
+
+    def output(self):
+        base = f"features/{FEATURES_VERSION}/{self.color}/{self.ym}"
+        return {"vectorizer": self.target(f"{base}/vectorizer.pkl"), "train": self.target(f"{base}/train.npz"),
+                "valid": self.target(f"{base}/valid.npz")}
+
+    def run(self):
+        train_df = storage.read_parquet(self.input()["train"]["data"], [features.CATEGORICAL, features.NUMERICAL,
+                                                                        features.TARGET])
+        valid_df = storage.read_parquet(self.input()["valid"]["data"], [features.CATEGORICAL, features.NUMERICAL,
+                                                                        features.TARGET])
+        vectorizer = features.fit_vectorizer(train_df)
+        for key, df in (("train", train_df), ("valid", valid_df)):
+            with self.output()[key].open("w") as f:
+                features.save_matrix(features.transform(vectorizer, df), features.target(df), f)
+        storage.write_pickle(vectorizer, self.output()["vectorizer"])
+
+
+def load_features(outputs: dict) -> tuple:
+    """(vectorizer, X_train, y_train, X_valid, y_valid) from BuildFeatures' targets."""
+    vectorizer = storage.read_pickle(outputs["vectorizer"])
+    X_train, y_train = features.load_matrix(storage.read_bytes(outputs["train"]))
+    X_valid, y_valid = features.load_matrix(storage.read_bytes(outputs["valid"]))
+    return vectorizer, X_train, y_train, X_valid, y_valid
+
+
+class TuneHyperparams(TrainingTask):
+    """Best XGBoost parameters from a hyperopt TPE search; every trial is a nested MLflow run."""
+
+    max_evals = luigi.IntParameter(default=15, description="trials at most")
+    num_boost_round = luigi.IntParameter(default=300, description="boosting rounds at most per trial")
+    early_stopping_rounds = luigi.IntParameter(default=20, description="stop a trial after this many flat rounds")
+    no_progress_evals = luigi.IntParameter(default=8, description="stop the search after this many flat trials")
+    startup_evals = luigi.IntParameter(default=5, description="random trials before TPE takes over")
+    sample_rows = luigi.IntParameter(default=500_000, description="trials train on at most this many rows")
+    seed = luigi.IntParameter(default=42)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.settings().validate()
+
+    def settings(self) -> tuning.TuningSettings:
+        return tuning.TuningSettings(
+            max_evals=self.max_evals, num_boost_round=self.num_boost_round,
+            early_stopping_rounds=self.early_stopping_rounds, no_progress_evals=self.no_progress_evals,
+            startup_evals=self.startup_evals, sample_rows=self.sample_rows, seed=self.seed,
+            nthread=TaxiConfig().nthread)
+
+    @property
+    def cache_key(self) -> str:
+        """Luigi's own hash of every parameter: downstream paths carry it so new settings never reuse a model."""
+        return self.task_id.rsplit("_", 1)[-1]
+
+    def requires(self):
+        return BuildFeatures(color=self.color, year=self.year, month=self.month)
+
+    def output(self):
+        return self.target(f"tuning/{self.color}/{self.ym}/{self.cache_key}/best_params.json")
+
+    def run(self):
+        started = time.monotonic()
+        _, X_train, y_train, X_valid, y_valid = load_features(self.input())
+        MlflowConfig().connect()
+        with mlflow.start_run(run_name=f"tune {self.color} {self.ym}", tags={"taxi.stage": "tuning"}):
+            mlflow.log_params({k: v for k, v in vars(self.settings()).items()})
+            result = tuning.tune(X_train, y_train, X_valid, y_valid, self.settings(), on_trial=self._report)
+        storage.write_json({**result, "seed": self.seed, "seconds": round(time.monotonic() - started, 3)},
+                           self.output())
+
+    def _report(self, done: int, total: int, best_rmse: float) -> None:
+        self.set_progress_percentage(round(100 * done / total))
+        self.set_status_message(f"trial {done} of {total}, best validation RMSE so far {best_rmse:.4f}")
+
+
+class TrainModel(TrainingTask):
+    """The final booster on all training rows with the best parameters, logged to MLflow as one run."""
+
+    def requires(self):
+        return {"features": BuildFeatures(color=self.color, year=self.year, month=self.month),
+                "params": TuneHyperparams(color=self.color, year=self.year, month=self.month),
+                "clean": self.clean_months()}
+
+    @property
+    def run_dir(self) -> str:
+        """The run's output folder: the model, its report and its registration record."""
+        return f"runs/{self.color}/{self.ym}/{MODEL_VERSION}-{self.requires()['params'].cache_key}"
+
+    def output(self):
+        return {"booster": self.target(f"{self.run_dir}/booster.ubj"), "run": self.target(f"{self.run_dir}/train.json")}
+
+    def run(self):
+        started = time.monotonic()
+        vectorizer, X_train, y_train, X_valid, y_valid = load_features(self.input()["features"])
+        best = storage.read_json(self.input()["params"])
+        stats = {key: storage.read_json(out["stats"]) for key, out in self.input()["clean"].items()}
+        nthread = TaxiConfig().nthread
+        booster = training.train_booster(X_train, y_train, best["params"], best["num_boost_round"], best["seed"],
+                                         nthread)
+        train_rmse = training.rmse(y_train, training.predict(booster, X_train))
+        val_rmse = training.rmse(y_valid, training.predict(booster, X_valid))
+        MlflowConfig().connect()
+        with mlflow.start_run(run_name=f"train {self.color} {self.ym}") as run:
+            mlflow.set_tags({"taxi.stage": "training", "color": self.color, **lineage_tags(stats)})
+            mlflow.log_params({**best["params"], "num_boost_round": best["num_boost_round"], "seed": best["seed"],
+                               "tuning_trials": best["trials"], "features_version": FEATURES_VERSION,
+                               "model_version": MODEL_VERSION})
+            mlflow.log_metrics({"train_rmse": train_rmse, "val_rmse": val_rmse})
+            mlflow.log_dict(vectorizer.vocabulary_, "preprocessor/vocabulary.json")
+            model_uri = training.log_model(booster, vectorizer)
+        with self.output()["booster"].open("w") as f:
+            f.write(booster.save_raw("ubj"))
+        storage.write_json({"run_id": run.info.run_id, "model_uri": model_uri, "train_rmse": train_rmse,
+                            "val_rmse": val_rmse, "seconds": round(time.monotonic() - started, 3)},
+                           self.output()["run"])
+
+
+def lineage_tags(stats: dict[str, dict]) -> dict[str, str]:
+    """Where each month's data came from and how many rows survived cleaning."""
+    tags = {}
+    for key, s in stats.items():
+        tags.update({f"{key}.month": s["month"], f"{key}.source_url": s["source_url"], f"{key}.sha256": s["sha256"],
+                     f"{key}.rows_raw": str(s["rows_raw"]), f"{key}.rows_clean": str(s["rows_clean"])})
+    return tags
+
+
+class RegisterModel(TrainingTask):
+    """Registers the trained model; champion if it beats the current champion on the same month, else challenger."""
+
+    def requires(self):
+        return TrainModel(color=self.color, year=self.year, month=self.month)
+
+    def output(self):
+        run_dir = self.requires().run_dir
+        return {name: self.target(f"{run_dir}/{name}") for name in ("registration.json", "report.md", *report.PLOTS)}
+
+    def run(self):
+        started = time.monotonic()
+        train = self.requires()
+        trained = storage.read_json(self.input()["run"])
+        tracking_uri = MlflowConfig().connect()
+        clean = {key: task.output() for key, task in train.clean_months().items()}
+        valid_df = storage.read_parquet(clean["valid"]["data"])
+        fields = valid_df[["PULocationID", "DOLocationID", "trip_distance"]]
+
+        def score_champion(uri: str) -> float:
+            return training.rmse(valid_df["duration"], mlflow.pyfunc.load_model(uri).predict(fields))
+
+        registration = registry.register(registry.model_name(self.color), trained["run_id"], trained["model_uri"],
+                                         trained["val_rmse"], score_champion)
+        registration["tracking_uri"] = tracking_uri
+        self._write_report(train, trained, registration, valid_df, started)
+        storage.write_json(registration, self.output()["registration.json"])
+
+    def _write_report(self, train: TrainModel, trained: dict, registration: dict, valid_df, started: float) -> None:
+        """Markdown + plots into the run folder, and the same files logged to the MLflow run."""
+        inputs = train.input()
+        vectorizer, _, _, X_valid, y_valid = load_features(inputs["features"])
+        booster = xgb.Booster()
+        booster.load_model(bytearray(storage.read_bytes(self.input()["booster"]).getvalue()))
+        gains = booster.get_score(importance_type="total_gain")
+        importances = {vectorizer.feature_names_[int(k[1:])]: v for k, v in gains.items()}
+        pngs = report.plots(y_valid, training.predict(booster, X_valid), importances)
+        best = storage.read_json(inputs["params"])
+        stats = {key: storage.read_json(out["stats"]) for key, out in inputs["clean"].items()}
+        summary = {
+            "color": self.color, "registration": registration, "train_rmse": trained["train_rmse"],
+            "tuning": best,
+            "data": {"train_month": stats["train"]["month"], "valid_month": stats["valid"]["month"],
+                     "train": stats["train"], "valid": stats["valid"]},
+            "timings": {"download (train, valid)": stats["train"]["seconds"] + stats["valid"]["seconds"],
+                        "clean (train, valid)": stats["train"]["clean_seconds"] + stats["valid"]["clean_seconds"],
+                        "tune": best["seconds"], "train + log": trained["seconds"],
+                        "register + report": time.monotonic() - started},
+        }
+        markdown = report.markdown(summary)
+        with tempfile.TemporaryDirectory(prefix="taxi-report-") as tmp:
+            for name, content in {"report.md": markdown.encode(), **pngs}.items():
+                with open(os.path.join(tmp, name), "wb") as f:
+                    f.write(content)
+                storage.put_file(os.path.join(tmp, name), self.output()[name])
+            mlflow.tracking.MlflowClient().log_artifacts(registration["run_id"], tmp, "report")

@@ -1,0 +1,90 @@
+"""Final training, evaluation and the MLflow model that predicts from raw trip fields (pure: no luigi)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+
+import mlflow
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import xgboost as xgb
+from mlflow.models import infer_signature
+from sklearn.feature_extraction import DictVectorizer
+
+from taxi import features
+from taxi.tuning import booster_params
+
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+INPUT_EXAMPLE = pd.DataFrame([{"PULocationID": 43, "DOLocationID": 151, "trip_distance": 1.01}])
+
+
+def train_booster(X: sp.csr_matrix, y: np.ndarray, params: dict, num_boost_round: int, seed: int,
+                  nthread: int) -> xgb.Booster:
+    return xgb.train(booster_params(params, seed, nthread), xgb.DMatrix(X, label=y, nthread=nthread),
+                     num_boost_round=num_boost_round)
+
+
+def predict(booster: xgb.Booster, X: sp.csr_matrix) -> np.ndarray:
+    """Predictions straight from the CSR matrix (no DMatrix copy)."""
+    return booster.inplace_predict(X)
+
+
+def rmse(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((np.asarray(y_true, dtype=np.float64) - y_pred) ** 2)))
+
+
+def prepare_raw(trips: pd.DataFrame) -> pd.DataFrame:
+    """Raw trip fields (zone ids as numbers or strings, distance) to the columns the vectorizer knows."""
+    missing = {"PULocationID", "DOLocationID", "trip_distance"} - set(trips.columns)
+    if missing:
+        raise ValueError(f"input lacks column(s) {', '.join(sorted(missing))}")
+    pu, do = (trips[c].astype("Int64").astype(str) if pd.api.types.is_float_dtype(trips[c])
+              else trips[c].astype(str) for c in ("PULocationID", "DOLocationID"))
+    return pd.DataFrame({"PU_DO": pu + "_" + do, "trip_distance": trips["trip_distance"].astype("float64")})
+
+
+class TripDurationModel(mlflow.pyfunc.PythonModel):
+    """Vectorizer + booster: predicts trip minutes from PULocationID, DOLocationID and trip_distance."""
+
+    def load_context(self, context) -> None:
+        with open(context.artifacts["vectorizer"], "rb") as f:
+            self.vectorizer: DictVectorizer = pickle.load(f)
+        self.booster = xgb.Booster()
+        self.booster.load_model(context.artifacts["booster"])
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
+        return predict(self.booster, features.transform(self.vectorizer, prepare_raw(model_input)))
+
+
+def log_model(booster: xgb.Booster, vectorizer: DictVectorizer) -> str:
+    """Log booster + vectorizer as one pyfunc model in the active run; return its model URI."""
+    with tempfile.TemporaryDirectory() as tmp:
+        booster_path, vectorizer_path = os.path.join(tmp, "booster.ubj"), os.path.join(tmp, "vectorizer.pkl")
+        booster.save_model(booster_path)
+        with open(vectorizer_path, "wb") as f:
+            pickle.dump(vectorizer, f)
+        example_output = predict(booster, features.transform(vectorizer, prepare_raw(INPUT_EXAMPLE)))
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=TripDurationModel(),
+            artifacts={"booster": booster_path, "vectorizer": vectorizer_path},
+            code_paths=[PACKAGE_DIR],
+            signature=infer_signature(INPUT_EXAMPLE, example_output),
+            input_example=INPUT_EXAMPLE,
+            pip_requirements=_pip_requirements(),
+        )
+    return info.model_uri
+
+
+def _pip_requirements() -> list[str]:
+    """The project's pins for what the model needs at load time."""
+    wanted = ("mlflow", "xgboost", "scikit-learn", "pandas", "numpy", "scipy", "pyarrow")
+    req = os.path.join(os.path.dirname(PACKAGE_DIR), "requirements.txt")
+    if not os.path.exists(req):
+        return list(wanted)
+    with open(req) as f:
+        pins = [line.strip() for line in f if line.strip() and not line.startswith("#")]
+    return [pin for pin in pins if pin.split("==")[0].lower().replace("-cpu", "") in wanted]
