@@ -30,7 +30,7 @@ def transform(vectorizer: DictVectorizer, df: pd.DataFrame) -> sp.csr_matrix:
     prefix = f"{CATEGORICAL}="
     names = [name[len(prefix):] for name in vectorizer.feature_names_ if name.startswith(prefix)]
     columns = np.array([vocabulary[prefix + name] for name in names], dtype=np.int32)
-    codes = pd.Categorical(df[CATEGORICAL].astype(str), categories=names).codes
+    codes = pd.Index(names).get_indexer(df[CATEGORICAL].astype(str))
     known = codes >= 0
     n = len(df)
     indices = np.empty((n, 2), dtype=np.int32)

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import io
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
 
 PLOTS = ("predicted_vs_actual.png", "residuals.png", "feature_importance.png")
 
 
 def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
@@ -22,6 +20,11 @@ def _png(fig) -> bytes:
 
 def plots(y_true: np.ndarray, y_pred: np.ndarray, importances: dict[str, float], top: int = 20) -> dict[str, bytes]:
     """PNG bytes for predicted-vs-actual, the residual histogram and the top feature importances."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # matplotlib loads in seconds: only when plotting
+
     fig, ax = plt.subplots(figsize=(6, 6))
     ax.hexbin(y_true, y_pred, gridsize=60, bins="log", cmap="viridis", extent=(0, 60, 0, 60))
     ax.plot([0, 60], [0, 60], color="red", linewidth=1)

@@ -12,13 +12,28 @@ import tempfile
 import time
 
 import luigi
-import mlflow
-import xgboost as xgb
 from tqdm import tqdm
 
-from taxi import data, features, registry, report, storage, training, tuning
+from taxi import data, report, storage
+from taxi.tuning import TuningSettings
+
+# mlflow, xgboost, sklearn and matplotlib take seconds to import: the modules that need them are imported
+# inside run(), so checking a finished pipeline (every target complete) stays well under 3 s.
 
 log = logging.getLogger(__name__)
+
+
+def _show_taxi_logs() -> None:
+    """Luigi's CLI configures only its own loggers: print the taxi modules' INFO lines the same way."""
+    logger = logging.getLogger("taxi")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+_show_taxi_logs()
 
 FEATURES_VERSION = "v1"  # bump when the features or the cleaning rules change
 MODEL_VERSION = "v1"  # bump when training or the logged model changes
@@ -55,6 +70,8 @@ class MlflowConfig(luigi.Config):
         return "mlflow"
 
     def connect(self) -> str:
+        from taxi import registry
+
         uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
         location = self.artifact_location or None
         if location and "://" not in location:
@@ -192,6 +209,8 @@ class BuildFeatures(TrainingTask):
                 "valid": self.target(f"{base}/valid.npz")}
 
     def run(self):
+        from taxi import features
+
         train_df = storage.read_parquet(self.input()["train"]["data"], [features.CATEGORICAL, features.NUMERICAL,
                                                                         features.TARGET])
         valid_df = storage.read_parquet(self.input()["valid"]["data"], [features.CATEGORICAL, features.NUMERICAL,
@@ -205,6 +224,8 @@ class BuildFeatures(TrainingTask):
 
 def load_features(outputs: dict) -> tuple:
     """(vectorizer, X_train, y_train, X_valid, y_valid) from BuildFeatures' targets."""
+    from taxi import features
+
     vectorizer = storage.read_pickle(outputs["vectorizer"])
     X_train, y_train = features.load_matrix(storage.read_bytes(outputs["train"]))
     X_valid, y_valid = features.load_matrix(storage.read_bytes(outputs["valid"]))
@@ -214,10 +235,10 @@ def load_features(outputs: dict) -> tuple:
 class TuneHyperparams(TrainingTask):
     """Best XGBoost parameters from a hyperopt TPE search; every trial is a nested MLflow run."""
 
-    max_evals = luigi.IntParameter(default=15, description="trials at most")
-    num_boost_round = luigi.IntParameter(default=300, description="boosting rounds at most per trial")
-    early_stopping_rounds = luigi.IntParameter(default=20, description="stop a trial after this many flat rounds")
-    no_progress_evals = luigi.IntParameter(default=8, description="stop the search after this many flat trials")
+    max_evals = luigi.IntParameter(default=10, description="trials at most")
+    num_boost_round = luigi.IntParameter(default=200, description="boosting rounds at most per trial")
+    early_stopping_rounds = luigi.IntParameter(default=10, description="stop a trial after this many flat rounds")
+    no_progress_evals = luigi.IntParameter(default=5, description="stop the search after this many flat trials")
     startup_evals = luigi.IntParameter(default=5, description="random trials before TPE takes over")
     sample_rows = luigi.IntParameter(default=500_000, description="trials train on at most this many rows")
     seed = luigi.IntParameter(default=42)
@@ -226,8 +247,8 @@ class TuneHyperparams(TrainingTask):
         super().__init__(*args, **kwargs)
         self.settings().validate()
 
-    def settings(self) -> tuning.TuningSettings:
-        return tuning.TuningSettings(
+    def settings(self) -> TuningSettings:
+        return TuningSettings(
             max_evals=self.max_evals, num_boost_round=self.num_boost_round,
             early_stopping_rounds=self.early_stopping_rounds, no_progress_evals=self.no_progress_evals,
             startup_evals=self.startup_evals, sample_rows=self.sample_rows, seed=self.seed,
@@ -245,6 +266,10 @@ class TuneHyperparams(TrainingTask):
         return self.target(f"tuning/{self.color}/{self.ym}/{self.cache_key}/best_params.json")
 
     def run(self):
+        import mlflow
+
+        from taxi import tuning
+
         started = time.monotonic()
         _, X_train, y_train, X_valid, y_valid = load_features(self.input())
         MlflowConfig().connect()
@@ -276,6 +301,10 @@ class TrainModel(TrainingTask):
         return {"booster": self.target(f"{self.run_dir}/booster.ubj"), "run": self.target(f"{self.run_dir}/train.json")}
 
     def run(self):
+        import mlflow
+
+        from taxi import training
+
         started = time.monotonic()
         vectorizer, X_train, y_train, X_valid, y_valid = load_features(self.input()["features"])
         best = storage.read_json(self.input()["params"])
@@ -321,13 +350,19 @@ class RegisterModel(TrainingTask):
         return {name: self.target(f"{run_dir}/{name}") for name in ("registration.json", "report.md", *report.PLOTS)}
 
     def run(self):
+        import mlflow
+
+        from taxi import registry, training
+
         started = time.monotonic()
         train = self.requires()
         trained = storage.read_json(self.input()["run"])
         tracking_uri = MlflowConfig().connect()
         clean = {key: task.output() for key, task in train.clean_months().items()}
         valid_df = storage.read_parquet(clean["valid"]["data"])
-        fields = valid_df[["PULocationID", "DOLocationID", "trip_distance"]]
+        # raw trip fields as the model signature takes them (cleaning made the zone ids strings)
+        fields = valid_df[["PULocationID", "DOLocationID", "trip_distance"]].astype(
+            {"PULocationID": "int64", "DOLocationID": "int64"})
 
         def score_champion(uri: str) -> float:
             return training.rmse(valid_df["duration"], mlflow.pyfunc.load_model(uri).predict(fields))
@@ -340,6 +375,11 @@ class RegisterModel(TrainingTask):
 
     def _write_report(self, train: TrainModel, trained: dict, registration: dict, valid_df, started: float) -> None:
         """Markdown + plots into the run folder, and the same files logged to the MLflow run."""
+        import xgboost as xgb
+        from mlflow.tracking import MlflowClient
+
+        from taxi import training
+
         inputs = train.input()
         vectorizer, _, _, X_valid, y_valid = load_features(inputs["features"])
         booster = xgb.Booster()
@@ -365,4 +405,4 @@ class RegisterModel(TrainingTask):
                 with open(os.path.join(tmp, name), "wb") as f:
                     f.write(content)
                 storage.put_file(os.path.join(tmp, name), self.output()[name])
-            mlflow.tracking.MlflowClient().log_artifacts(registration["run_id"], tmp, "report")
+            MlflowClient().log_artifacts(registration["run_id"], tmp, "report")

@@ -8,23 +8,24 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-import mlflow
 import numpy as np
 import scipy.sparse as sp
-import xgboost as xgb
-from hyperopt import STATUS_OK, Trials, fmin, hp, tpe
-from hyperopt.early_stop import no_progress_loss
-from hyperopt.pyll import scope
 
 log = logging.getLogger(__name__)
 
-SEARCH_SPACE = {
-    "max_depth": scope.int(hp.quniform("max_depth", 4, 100, 1)),
-    "learning_rate": hp.loguniform("learning_rate", -3, 0),
-    "reg_alpha": hp.loguniform("reg_alpha", -5, -1),
-    "reg_lambda": hp.loguniform("reg_lambda", -6, -1),
-    "min_child_weight": hp.loguniform("min_child_weight", -1, 3),
-}
+
+def search_space() -> dict:
+    """The course's XGBoost space (hyperopt is imported here: it loads slowly and only the search needs it)."""
+    from hyperopt import hp
+    from hyperopt.pyll import scope
+
+    return {
+        "max_depth": scope.int(hp.quniform("max_depth", 4, 100, 1)),
+        "learning_rate": hp.loguniform("learning_rate", -3, 0),
+        "reg_alpha": hp.loguniform("reg_alpha", -5, -1),
+        "reg_lambda": hp.loguniform("reg_lambda", -6, -1),
+        "min_child_weight": hp.loguniform("min_child_weight", -1, 3),
+    }
 
 OnTrial = Callable[[int, int, float], None]  # (trials done, max trials, best validation RMSE so far)
 
@@ -63,6 +64,11 @@ def subsample(X: sp.csr_matrix, y: np.ndarray, rows: int, seed: int) -> tuple[sp
 def tune(X_train: sp.csr_matrix, y_train: np.ndarray, X_valid: sp.csr_matrix, y_valid: np.ndarray,
          settings: TuningSettings, on_trial: OnTrial | None = None) -> dict:
     """Run the search inside the active MLflow run; return best params, its RMSE and boosting rounds."""
+    import mlflow
+    import xgboost as xgb
+    from hyperopt import STATUS_OK, Trials, fmin, tpe
+    from hyperopt.early_stop import no_progress_loss
+
     settings.validate()
     X_fit, y_fit = subsample(X_train, y_train, settings.sample_rows, settings.seed)
     train = xgb.DMatrix(X_fit, label=y_fit, nthread=settings.nthread)
@@ -88,7 +94,7 @@ def tune(X_train: sp.csr_matrix, y_train: np.ndarray, X_valid: sp.csr_matrix, y_
         return {"loss": rmse, "status": STATUS_OK}
 
     trials = Trials()
-    fmin(objective, SEARCH_SPACE, algo=functools.partial(tpe.suggest, n_startup_jobs=settings.startup_evals),
+    fmin(objective, search_space(), algo=functools.partial(tpe.suggest, n_startup_jobs=settings.startup_evals),
          max_evals=settings.max_evals, trials=trials, rstate=np.random.default_rng(settings.seed),
          early_stop_fn=no_progress_loss(settings.no_progress_evals), show_progressbar=False)
     mlflow.log_metrics({"best_val_rmse": best["rmse"], "trials": len(trials.trials)})

@@ -1,0 +1,141 @@
+"""Each task in isolation, run by Luigi against temporary targets, on real TLC rows."""
+
+import json
+
+import luigi
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from taxi import data, features, storage, tasks
+from tests.course import course_features, course_read_dataframe
+
+
+def build(task) -> luigi.execution_summary.LuigiRunResult:
+    result = luigi.build([task], local_scheduler=True, detailed_summary=True, workers=1)
+    assert result.status == luigi.execution_summary.LuigiStatusCode.SUCCESS, result.summary_text
+    return result
+
+
+def test_download_month_copies_the_bytes_and_records_lineage(luigi_config, tlc_dir):
+    task = tasks.DownloadMonth(year=2021, month=2)
+    build(task)
+    out = task.output()
+    source = tlc_dir / "green_tripdata_2021-02.parquet"
+    assert open(out["data"].path, "rb").read() == source.read_bytes()
+    meta = json.loads(open(out["meta"].path).read())
+    assert meta["sha256"] == data.sha256(str(source)) and meta["rows"] == 64_572
+    assert meta["source_url"] == str(source)
+
+
+def test_download_month_over_http(luigi_config, tlc_http, tlc_dir):
+    luigi.configuration.get_config().set("taxi", "source", tlc_http)
+    task = tasks.DownloadMonth(year=2023, month=2)
+    build(task)
+    assert open(task.output()["data"].path, "rb").read() == (tlc_dir / "green_tripdata_2023-02.parquet").read_bytes()
+
+
+def test_download_month_404_fails_at_once_and_leaves_nothing(luigi_config, tlc_http, caplog):
+    luigi.configuration.get_config().set("taxi", "source", tlc_http)
+    task = tasks.DownloadMonth(year=2020, month=5)
+    result = luigi.build([task], local_scheduler=True, detailed_summary=True)
+    assert result.status == luigi.execution_summary.LuigiStatusCode.FAILED
+    assert f"HTTP 404 for {tlc_http}/green_tripdata_2020-05.parquet: the month is not published" in caplog.text
+    assert "download of" not in caplog.text  # no retry was attempted
+    assert not task.output()["data"].exists() and not task.output()["meta"].exists()
+
+
+def test_clean_month_writes_the_course_rows_with_pu_do(luigi_config, tlc_dir):
+    task = tasks.CleanMonth(year=2021, month=1)
+    build(task)
+    cleaned = pd.read_parquet(task.output()["data"].path)
+    course = course_read_dataframe(str(tlc_dir / "green_tripdata_2021-01.parquet")).reset_index(drop=True)
+    assert len(cleaned) == 73_908
+    assert cleaned["PU_DO"].tolist() == course["PU_DO"].tolist()
+    stats = json.loads(open(task.output()["stats"].path).read())
+    assert (stats["rows_raw"], stats["rows_clean"]) == (76_518, 73_908)
+
+
+def test_truncated_cached_parquet_is_not_complete_and_is_rebuilt(luigi_config):
+    task = tasks.CleanMonth(year=2021, month=2)
+    build(task)
+    path = task.output()["data"].path
+    whole = open(path, "rb").read()
+    open(path, "wb").write(whole[: len(whole) // 3])
+    assert not task.complete()
+    build(task)
+    assert open(path, "rb").read() == whole
+
+
+def test_build_features_matches_dictvectorizer(luigi_config, tlc_dir):
+    task = tasks.BuildFeatures(year=2021, month=1)
+    build(task)
+    vectorizer, X_train, y_train, X_valid, y_valid = tasks.load_features(task.output())
+    train = course_read_dataframe(str(tlc_dir / "green_tripdata_2021-01.parquet"))
+    valid = course_read_dataframe(str(tlc_dir / "green_tripdata_2021-02.parquet"))
+    course_dv, course_train, course_valid = course_features(train, valid)
+    assert vectorizer.feature_names_ == course_dv.feature_names_
+    assert (X_train != course_train).nnz == 0 and (X_valid != course_valid).nnz == 0
+    np.testing.assert_array_equal(y_valid, valid["duration"].to_numpy())
+
+
+def test_tune_hyperparams_logs_each_trial_and_is_deterministic(luigi_config, tmp_path):
+    task = tasks.TuneHyperparams(year=2021, month=1)
+    build(task)
+    best = storage.read_json(task.output())
+    assert best["trials"] == 2 and set(best["params"]) == {"max_depth", "learning_rate", "reg_alpha",
+                                                            "reg_lambda", "min_child_weight"}
+    mlflow.set_tracking_uri(luigi_config["mlflow"]["tracking_uri"])
+    runs = mlflow.search_runs(experiment_names=["taxi-duration"], output_format="list")
+    parent = [r for r in runs if r.data.tags.get("taxi.stage") == "tuning"]
+    trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
+    assert len(parent) == 1 and len(trials) == 2
+    assert min(r.data.metrics["val_rmse"] for r in trials) == pytest.approx(best["val_rmse"])
+    assert all("max_depth" in r.data.params for r in trials)
+    # same seed, same settings: a fresh store gives the same answer
+    luigi.configuration.get_config().set("taxi", "store", str(tmp_path / "store2"))
+    again = tasks.TuneHyperparams(year=2021, month=1)
+    build(again)
+    assert storage.read_json(again.output())["params"] == best["params"]
+
+
+def test_changed_tuning_settings_never_reuse_a_model(luigi_config):
+    task = tasks.TrainModel(year=2021, month=1)
+    before = task.output()["booster"].path, task.requires()["features"].output()["train"].path
+    luigi.configuration.get_config().set("TuneHyperparams", "seed", "7")
+    after = task.output()["booster"].path, task.requires()["features"].output()["train"].path
+    assert before[0] != after[0]  # new tuning settings: a new model path
+    assert before[1] == after[1]  # the features do not depend on them
+
+
+def test_train_and_register_champion_then_challenger(luigi_config):
+    first = tasks.RegisterModel(year=2021, month=1)
+    build(first)
+    reg = storage.read_json(first.output()["registration.json"])
+    assert reg["decision"] == "champion" and reg["version"] == 1 and reg["previous_champion_version"] is None
+    trained = storage.read_json(first.requires().output()["run"])
+    mlflow.set_tracking_uri(luigi_config["mlflow"]["tracking_uri"])
+    run = mlflow.get_run(trained["run_id"])
+    assert run.data.metrics["val_rmse"] == pytest.approx(reg["val_rmse"])
+    assert run.data.tags["train.rows_clean"] == "73908" and run.data.tags["valid.rows_raw"] == "64572"
+    assert len(run.data.tags["train.sha256"]) == 64
+    artifacts = {a.path for a in MlflowClient().list_artifacts(trained["run_id"], "report")}
+    assert artifacts == {f"report/{name}" for name in ("report.md", "predicted_vs_actual.png", "residuals.png",
+                                                      "feature_importance.png")}
+    report = open(first.output()["report.md"].path).read()
+    assert f"v1: champion" in report and "| 2021-01 |" in report and f"{reg['val_rmse']:.4f}" in report
+    assert open(first.output()["residuals.png"].path, "rb").read(4) == b"\x89PNG"
+
+    # a second model (other seed) is scored against the champion on the same validation month
+    luigi.configuration.get_config().set("TuneHyperparams", "seed", "7")
+    second = tasks.RegisterModel(year=2021, month=1)
+    build(second)
+    reg2 = storage.read_json(second.output()["registration.json"])
+    assert reg2["version"] == 2 and reg2["previous_champion_version"] == 1
+    assert reg2["previous_champion_val_rmse"] == pytest.approx(reg["val_rmse"], rel=1e-6)
+    assert reg2["decision"] == ("champion" if reg2["val_rmse"] < reg["val_rmse"] else "challenger")
+    client = MlflowClient()
+    champion = client.get_model_version_by_alias("taxi-duration-green", "champion")
+    assert int(champion.version) == (1 if reg2["decision"] == "challenger" else 2)
