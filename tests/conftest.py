@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import http.server
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -84,7 +85,7 @@ def luigid_service(workdir: Path, port: int | None = None) -> Service:
     config = workdir / "luigid.cfg"
     config.write_text(f"[scheduler]\nrecord_task_history = true\nstate_path = {workdir}/state.pickle\n"
                       f"[task_history]\ndb_connection = sqlite:///{workdir}/history.db\n")
-    return Service("luigid", [str(BIN / "luigid"), "--address", "127.0.0.1", "--port", str(port),
+    return Service("luigid", [sys.executable, "-m", "taxi.luigid", "--address", "127.0.0.1", "--port", str(port),
                               "--state-path", str(workdir / "state.pickle"), "--logdir", str(workdir)],
                    port, "/api/graph", workdir / "luigid.log", env={"LUIGI_CONFIG_PATH": str(config)})
 
@@ -135,7 +136,10 @@ def write_config(path: Path, sections: dict[str, dict[str, str]]) -> Path:
 
 def run_luigi(workdir: Path, config: Path, *args: str, env: dict | None = None,
               timeout: float = 900) -> subprocess.CompletedProcess:
-    """`luigi --module taxi.tasks ARGS` as an operator runs it: a subprocess in `workdir`, config via LUIGI_CONFIG_PATH."""
+    """`luigi --module taxi.tasks ARGS` as an operator runs it: in `workdir` with the shipped luigi.cfg there,
+    overrides via LUIGI_CONFIG_PATH."""
+    if not (workdir / "luigi.cfg").exists():
+        shutil.copyfile(ROOT / "luigi.cfg", workdir / "luigi.cfg")
     return subprocess.run([str(BIN / "luigi"), "--module", "taxi.tasks", *args], cwd=workdir, capture_output=True,
                           text=True, timeout=timeout,
                           env={**os.environ, "LUIGI_CONFIG_PATH": str(config), **(env or {})})
