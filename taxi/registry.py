@@ -25,8 +25,12 @@ def model_name(color: str) -> str:
 
 
 def connect(tracking_uri: str, experiment: str, artifact_location: str | None = None) -> None:
-    """Point mlflow at `tracking_uri` (failing fast and clearly if a server is down) and pick the experiment."""
-    if urlparse(tracking_uri).scheme in ("http", "https"):
+    """Point mlflow at `tracking_uri` (failing fast and clearly if a server is down) and pick the experiment.
+
+    `artifact_location` applies to a new experiment on a local database; a server decides its own.
+    """
+    server = urlparse(tracking_uri).scheme in ("http", "https")
+    if server:
         try:
             requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=5).raise_for_status()
         except requests.RequestException as exc:
@@ -35,7 +39,7 @@ def connect(tracking_uri: str, experiment: str, artifact_location: str | None = 
                 f"(scripts/services start) or set [mlflow] tracking_uri / MLFLOW_TRACKING_URI"
             ) from exc
     mlflow.set_tracking_uri(tracking_uri)
-    if mlflow.get_experiment_by_name(experiment) is None and artifact_location:
+    if mlflow.get_experiment_by_name(experiment) is None and artifact_location and not server:
         mlflow.create_experiment(experiment, artifact_location=artifact_location)
     mlflow.set_experiment(experiment)
 
