@@ -102,10 +102,16 @@ def fetch(url: str, dest: str, *, retries: int = 4, backoff: float = 2.0, timeou
 
 def _fetch_http(url: str, dest: str, timeout: float, progress: Progress | None) -> None:
     try:
-        with requests.get(url, stream=True, timeout=timeout) as resp:
+        # identity: the file's own bytes, so Content-Length counts exactly what is written (a server that gzips
+        # every type would otherwise send a compressed length for a decompressed body)
+        with requests.get(url, stream=True, timeout=timeout, headers={"Accept-Encoding": "identity"}) as resp:
             if resp.status_code == 404:
                 raise MonthNotPublished(
                     f"HTTP 404 for {url}: the month is not published at the source (or not in the mirror)"
+                )
+            if resp.status_code == 403:  # S3 behind CloudFront answers 403 for a missing key when listing is denied
+                raise MonthNotPublished(
+                    f"HTTP 403 for {url}: the month is not published at the source, or the source denies access"
                 )
             if resp.status_code >= 500 or resp.status_code == 429:
                 raise TransientSourceError(f"HTTP {resp.status_code} from {url}")
