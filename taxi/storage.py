@@ -1,7 +1,13 @@
-"""Targets under the configured store (local folder or s3://bucket/prefix) and their typed readers/writers."""
+"""Targets under the configured store (local folder or s3://bucket/prefix) and their typed readers/writers.
+
+S3 settings (`endpoint_url`, `region_name`, ...) come from the `[s3]` section, which luigi's S3Client hands to
+boto3; credentials come only from boto3's own chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE,
+instance role), and so do retries (botocore's standard mode: 3 attempts; AWS_MAX_ATTEMPTS changes it).
+"""
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -11,17 +17,27 @@ import tempfile
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+import botocore.exceptions
 import luigi
+import luigi.configuration
 import luigi.format
 import pandas as pd
 import pyarrow.parquet as pq
-from luigi.contrib.s3 import S3Client, S3Target
+from luigi.contrib.s3 import AtomicS3File, S3Client, S3Target
 
 from taxi.data import MonthNotPublished
 
 
 class CorruptTarget(RuntimeError):
     """A cached target exists but cannot be read; the message names it so an operator can delete it."""
+
+
+class StoreUnreachable(ConnectionError):
+    """The S3 endpoint cannot be reached; the message names the endpoint and the object."""
+
+
+class StoreRefused(PermissionError):
+    """The S3 endpoint refused the request (no or wrong credentials, no permission, no such bucket)."""
 
 
 def is_s3(path: str) -> bool:
@@ -31,8 +47,78 @@ def is_s3(path: str) -> bool:
 def target(store: str, relpath: str) -> luigi.Target:
     """The one place that decides local vs S3: every task output is `target(store, relpath)`."""
     if is_s3(store):
-        return S3Target(f"{store.rstrip('/')}/{relpath}", format=luigi.format.Nop, client=S3Client())
+        return StoreS3Target(f"{store.rstrip('/')}/{relpath}", format=luigi.format.Nop, client=s3_client())
     return luigi.LocalTarget(os.path.join(store, relpath), format=luigi.format.Nop)
+
+
+def s3_client() -> S3Client:
+    """This process's S3 client for the current `[s3]` settings (one boto3 connection pool, not one per target)."""
+    config = luigi.configuration.get_config()
+    settings = tuple(sorted(config.items("s3"))) if config.has_section("s3") else ()
+    return _cached_s3_client(os.getpid(), settings)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_s3_client(pid: int, settings: tuple) -> S3Client:
+    """Keyed by process (a forked luigi worker builds its own) and by `[s3]` settings, which S3Client reads itself."""
+    return S3Client()
+
+
+def endpoint(client: S3Client) -> str:
+    """The endpoint URL boto3 sends requests to (from `[s3] endpoint_url`, else AWS's own)."""
+    return client.s3.meta.client.meta.endpoint_url
+
+
+@contextmanager
+def s3_errors_named(client: S3Client, url: str) -> Iterator[None]:
+    """Turn botocore's connection and access failures into errors that name the endpoint, the object and the fix."""
+    try:
+        yield
+    except (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError) as exc:
+        raise StoreUnreachable(
+            f"S3 endpoint {endpoint(client)} is not reachable for {url} ({type(exc).__name__}): start the object "
+            f"store or fix [s3] endpoint_url"
+        ) from exc
+    except botocore.exceptions.NoCredentialsError as exc:
+        raise StoreRefused(
+            f"no S3 credentials for {url} at {endpoint(client)}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+            f"(or AWS_PROFILE) in the environment"
+        ) from exc
+    except botocore.exceptions.ClientError as exc:
+        error = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if error.get("Code") == "NoSuchBucket":
+            raise StoreRefused(f"the bucket of {url} does not exist at S3 endpoint {endpoint(client)}: create it "
+                               f"or fix [taxi] store / source") from exc
+        if status == 403:
+            raise StoreRefused(
+                f"S3 endpoint {endpoint(client)} refused access to {url} ({error.get('Code')} "
+                f"{error.get('Message')}): check the credentials in AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and "
+                f"the bucket's permissions"
+            ) from exc
+        raise
+
+
+class StoreS3Target(S3Target):
+    """An S3Target whose connection and access failures name the endpoint instead of surfacing raw botocore errors."""
+
+    def exists(self) -> bool:
+        with s3_errors_named(self.fs, self.path):
+            return super().exists()
+
+    def open(self, mode: str = "r"):
+        if mode == "w":
+            return self.format.pipe_writer(_AtomicStoreFile(self.path, self.fs, **self.s3_options))
+        with s3_errors_named(self.fs, self.path):
+            return super().open(mode)
+
+
+class _AtomicStoreFile(AtomicS3File):
+    """Written to a local temporary file, uploaded as one object on close: a failed upload leaves no object."""
+
+    def move_to_final_destination(self) -> None:
+        with s3_errors_named(self.s3_client, self.path):
+            super().move_to_final_destination()
 
 
 @contextmanager
@@ -43,16 +129,18 @@ def local_copy(tgt: luigi.Target) -> Iterator[str]:
         return
     with tempfile.TemporaryDirectory(prefix="taxi-") as tmp:
         path = os.path.join(tmp, os.path.basename(tgt.path))
-        tgt.fs.get(tgt.path, path)
+        with s3_errors_named(tgt.fs, tgt.path):
+            tgt.fs.get(tgt.path, path)
         yield path
 
 
 def fetch_s3(url: str, path: str) -> None:
     """Copy an s3:// object (a team mirror of the TLC files) to a local path."""
-    client = S3Client()
-    if not client.exists(url):
-        raise MonthNotPublished(f"{url} does not exist: the month is not in the S3 mirror; check [taxi] source")
-    client.get(url, path)
+    client = s3_client()
+    with s3_errors_named(client, url):
+        if not client.exists(url):
+            raise MonthNotPublished(f"{url} does not exist: the month is not in the S3 mirror; check [taxi] source")
+        client.get(url, path)
 
 
 def put_file(path: str, tgt: luigi.Target) -> None:
@@ -82,6 +170,8 @@ def parquet_is_whole(tgt: luigi.Target) -> bool:
         with local_copy(tgt) as path:
             pq.read_metadata(path)
         return True
+    except (StoreUnreachable, StoreRefused):
+        raise
     except Exception:
         return False
 
