@@ -120,15 +120,18 @@ class DownloadMonth(MonthTask):
         url = data.source_url(cfg.source, self.color, self.year, self.month)
         with tempfile.TemporaryDirectory(prefix="taxi-download-") as tmp:
             path = os.path.join(tmp, os.path.basename(url))
-            if storage.is_s3(url):
-                storage.fetch_s3(url, path)
-            else:
-                data.fetch(url, path, retries=cfg.download_retries, backoff=cfg.retry_backoff,
-                           timeout=cfg.download_timeout, progress=self._progress(url))
+            try:
+                if storage.is_s3(url):
+                    storage.fetch_s3(url, path)
+                else:
+                    data.fetch(url, path, retries=cfg.download_retries, backoff=cfg.retry_backoff,
+                               timeout=cfg.download_timeout, progress=self._progress(url))
+            except data.MonthNotPublished as exc:
+                raise data.MonthNotPublished(f"{self.color} {self.ym}: {exc}") from None
             rows = data.check_raw(path, self.color, f"downloaded file {url}")
             meta = {"source_url": url, "sha256": data.sha256(path), "bytes": os.path.getsize(path), "rows": rows,
                     "month": self.ym, "seconds": round(time.monotonic() - started, 3)}
-            storage.put_file(path, self.output()["data"])
+            put_in_store(path, self.output()["data"], cfg.store)
         storage.write_json(meta, self.output()["meta"])
 
     def _progress(self, url: str):
@@ -148,6 +151,19 @@ class DownloadMonth(MonthTask):
                 self.set_status_message(f"downloading {url}: {done:,} of {total:,} bytes")
                 self.set_progress_percentage(10 * tenth)
         return report_status
+
+
+def put_in_store(path: str, tgt: luigi.Target, store: str) -> None:
+    """Copy a finished local file into the store; a full or unwritable folder fails naming the target and the reason
+    (luigi's LocalTarget ignores a failure to create its folder, then reports its temporary file as missing)."""
+    if not isinstance(tgt, luigi.LocalTarget):
+        storage.put_file(path, tgt)
+        return
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(tgt.path)), exist_ok=True)
+        storage.put_file(path, tgt)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot write {tgt.path} into [taxi] store {store}: {exc.strerror}") from None
 
 
 class CleanMonth(MonthTask):
@@ -226,9 +242,17 @@ def load_features(outputs: dict) -> tuple:
     """(vectorizer, X_train, y_train, X_valid, y_valid) from BuildFeatures' targets."""
     from taxi import features
 
+    def load_matrix(tgt: luigi.Target) -> tuple:
+        raw = storage.read_bytes(tgt)
+        try:
+            return features.load_matrix(raw)
+        except Exception as exc:  # numpy and zipfile raise several types for a truncated or damaged .npz
+            raise storage.CorruptTarget(f"cached target {tgt.path} is unreadable ({exc}); delete it and rerun to "
+                                        f"rebuild it") from exc
+
     vectorizer = storage.read_pickle(outputs["vectorizer"])
-    X_train, y_train = features.load_matrix(storage.read_bytes(outputs["train"]))
-    X_valid, y_valid = features.load_matrix(storage.read_bytes(outputs["valid"]))
+    X_train, y_train = load_matrix(outputs["train"])
+    X_valid, y_valid = load_matrix(outputs["valid"])
     return vectorizer, X_train, y_train, X_valid, y_valid
 
 
