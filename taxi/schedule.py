@@ -1,0 +1,65 @@
+"""Which month a scheduled run trains: the newest month whose TLC file and the following month's file are both
+published at the source (pure logic plus the probe for HTTP and folder sources; no luigi).
+
+The TLC publishes a month about two months after it ends, so on 2024-05-20 the newest month with a finished
+validation month is 2024-03 (validated on 2024-04), and its files may well not be out yet.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from typing import Callable
+from urllib.parse import unquote, urlparse
+
+import requests
+
+from taxi import data
+
+log = logging.getLogger(__name__)
+
+LOOKBACK_MONTHS = 12  # training months tried, newest first, before giving up
+HEAD_TIMEOUT = 30.0
+
+
+def previous_month(year: int, month: int) -> tuple[int, int]:
+    return (year - 1, 12) if month == 1 else (year, month - 1)
+
+
+def newest_trainable_month(color: str, source: str, today: dt.date, is_published: Callable[[str], bool],
+                           lookback_months: int = LOOKBACK_MONTHS) -> tuple[int, int] | None:
+    """The newest (year, month) whose validation month is over and whose two files `is_published` at `source`;
+    None when none of the `lookback_months` newest candidates qualifies. Each URL is probed at most once."""
+    answers: dict[str, bool] = {}
+
+    def published(year: int, month: int) -> bool:
+        url = data.source_url(source, color, year, month)
+        if url not in answers:
+            answers[url] = is_published(url)
+            log.info("%s %s", url, "is published" if answers[url] else "is not published")
+        return answers[url]
+
+    year, month = previous_month(*previous_month(today.year, today.month))
+    for _ in range(lookback_months):
+        if year < data.FIRST_YEAR:
+            break
+        # the validation month first: it is the newer file, the likelier one to be missing
+        if published(*data.next_month(year, month)) and published(year, month):
+            return year, month
+        year, month = previous_month(year, month)
+    return None
+
+
+def source_published(url: str, timeout: float = HEAD_TIMEOUT) -> bool:
+    """Whether the source serves `url`: an HTTP HEAD request for http(s), the file's existence for a path or
+    file:// URL. A server error or an unreachable server raises instead of reading as 'not published'."""
+    parsed = urlparse(url)
+    if parsed.scheme in ("http", "https"):
+        response = requests.head(url, timeout=timeout, allow_redirects=True)
+        # S3 behind CloudFront (the TLC's host) answers 403 rather than 404 for a key that does not exist
+        if response.status_code in (403, 404):
+            return False
+        response.raise_for_status()
+        return True
+    return os.path.isfile(unquote(parsed.path) if parsed.scheme == "file" else url)
