@@ -1,0 +1,477 @@
+"""Faults an unattended monthly run meets, made real: a flaky source, SIGKILL in every task, the MLflow server or
+luigid going away, a full or read-only store. Each ends in a clear state, leaves no half-written target, and a
+rerun completes. Secrets in the environment must appear in nothing the runs produced."""
+
+from __future__ import annotations
+
+import ast
+import json
+import pickle
+import re
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import requests
+import xgboost as xgb
+from mlflow.tracking import MlflowClient
+
+from taxi import data, features
+from tests.conftest import (ROOT, SMALL_TUNING, Service, free_port, luigid_service, mlflow_service, run_luigi,
+                            write_config)
+from tests.flaky_http import DROP, FORBIDDEN, GZIP, OK, SHORT, SLOW, STALL, UNAVAILABLE, FlakyMirror
+from tests.luigi_process import LuigiProcess, private_lock
+
+MONTH = ("--year", "2021", "--month", "1")
+MODEL = "taxi-duration-green"
+SECRETS = {"AWS_ACCESS_KEY_ID": "AKIATAXIFAULTSUITE01", "AWS_SECRET_ACCESS_KEY": "taxi-fault-suite-aws-secret-6f1c0d",
+           "TAXI_SMTP_PASSWORD": "taxi-fault-suite-smtp-password-93ab"}
+PNG_END = b"IEND\xaeB`\x82"
+
+
+def luigi_ran(log_text: str) -> list[str]:
+    """The tasks luigi started, in order, as "BuildFeatures" or, for a task of one month, "CleanMonth 2021-02"."""
+    return [family + (f" {year}-{int(month):02d}" if family in ("DownloadMonth", "CleanMonth") else "")
+            for family, year, month in re.findall(r" running +(\w+)\(color=\w+, year=(\d+), month=(\d+)", log_text)]
+
+
+def store_files(store: Path) -> list[Path]:
+    return sorted(p for p in store.rglob("*") if p.is_file()) if store.exists() else []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1, 2. A flaky source: retried with backoff until the stored file is the source's bytes; a missing month is not.
+
+
+@pytest.fixture(scope="module")
+def flaky_mirror(tlc_dir) -> Iterator[FlakyMirror]:
+    with FlakyMirror(tlc_dir, stall_seconds=3) as mirror:
+        yield mirror
+
+
+def download(workdir: Path, mirror: FlakyMirror, script: list[str], year: int, month: int,
+             retries: int = 3) -> subprocess.CompletedProcess:
+    """`luigi DownloadMonth` from the mirror with a 1 s read timeout, 0.1 s first backoff and `retries` retries."""
+    mirror.script, mirror.requests[:] = list(script), []
+    config = write_config(workdir / "download.cfg", {"taxi": {
+        "source": mirror.url, "store": str(workdir / "store"), "download_timeout": "1", "retry_backoff": "0.1",
+        "download_retries": str(retries)}, "core": private_lock(workdir)})
+    return run_luigi(workdir, config, "DownloadMonth", "--year", str(year), "--month", str(month), timeout=120)
+
+
+@pytest.mark.parametrize("script", [
+    pytest.param([UNAVAILABLE, UNAVAILABLE], id="503-twice"),
+    pytest.param([DROP], id="connection-dropped-mid-body"),
+    pytest.param([SHORT], id="body-shorter-than-content-length"),
+    pytest.param([STALL], id="stall-longer-than-read-timeout"),
+    pytest.param([UNAVAILABLE, DROP, STALL], id="three-faults-in-a-row"),
+])
+def test_flaky_source_is_retried_with_backoff_until_the_file_is_byte_identical(tmp_path, flaky_mirror, tlc_dir,
+                                                                              script):
+    """Each transient fault costs one retry, each retry waits twice as long, and the stored file is the source's."""
+    run = download(tmp_path, flaky_mirror, script, 2021, 2)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert [b for _, b in flaky_mirror.requests] == [*script, OK]
+    delays = [f"retry {i}/3 in {0.1 * 2 ** (i - 1):.1f}s" for i in range(1, len(script) + 1)]
+    assert re.findall(r"retry \d/3 in [\d.]+s", run.stderr) == delays
+    stored = tmp_path / "store" / "raw" / "green" / "green_tripdata_2021-02.parquet"
+    source = tlc_dir / "green_tripdata_2021-02.parquet"
+    assert stored.read_bytes() == source.read_bytes()
+    assert json.loads(stored.with_suffix(".parquet.json").read_text())["sha256"] == data.sha256(str(source))
+    assert [p.name for p in store_files(tmp_path / "store")] == [stored.name, stored.name + ".json"]
+
+
+def test_source_failing_every_attempt_gives_up_and_writes_nothing(tmp_path, flaky_mirror):
+    run = download(tmp_path, flaky_mirror, [UNAVAILABLE] * 4, 2021, 2)
+    assert run.returncode == 30  # [retcode] task_failed
+    assert f"HTTP 503 from {flaky_mirror.url}/green_tripdata_2021-02.parquet (gave up after 4 attempts)" in run.stderr
+    assert len(flaky_mirror.requests) == 4
+    assert store_files(tmp_path / "store") == []
+
+
+def test_gzipping_server_still_yields_the_files_own_bytes(tmp_path, flaky_mirror, tlc_dir):
+    """A web server that gzips every type must not make Content-Length disagree with what is written."""
+    run = download(tmp_path, flaky_mirror, [GZIP], 2021, 2)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert len(flaky_mirror.requests) == 1 and "retry" not in run.stderr
+    stored = tmp_path / "store" / "raw" / "green" / "green_tripdata_2021-02.parquet"
+    assert stored.read_bytes() == (tlc_dir / "green_tripdata_2021-02.parquet").read_bytes()
+
+
+@pytest.mark.parametrize("script,status", [([], 404), ([FORBIDDEN], 403)], ids=["404", "403"])
+def test_unpublished_month_fails_at_once_in_one_line_naming_month_and_url(tmp_path, flaky_mirror, script, status):
+    """404 (or the 403 S3 gives for a missing key): one request, no retry, one line with the month and the URL."""
+    year, month = (2020, 5) if status == 404 else (2021, 2)
+    run = download(tmp_path, flaky_mirror, script, year, month)
+    assert run.returncode == 30
+    url = f"{flaky_mirror.url}/green_tripdata_{year}-{month:02d}.parquet"
+    lines = [line for line in run.stderr.splitlines() if url in line]
+    assert lines == [f"taxi.data.MonthNotPublished: green {year}-{month:02d}: HTTP {status} for {url}: the month is "
+                     f"not published at the source" + (" (or not in the mirror)" if status == 404 else
+                                                      ", or the source denies access")]
+    assert len(flaky_mirror.requests) == 1 and "retry" not in run.stderr.replace("retry_backoff", "")
+    assert store_files(tmp_path / "store") == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 3, 4. One pipeline, SIGKILLed in each task in turn, with the MLflow server stopped before RegisterModel once.
+
+
+@dataclass
+class Step:
+    """What one run of the sequence left behind."""
+
+    log: str
+    returncode: int
+    ran: list[str]  # tasks luigi started (see luigi_ran)
+    complete: set[str]  # tasks whose every output exists
+    invalid: list[str]  # files at target paths whose content is wrong
+    versions: int | None  # registered versions of the model (None: server down)
+
+
+class Pipeline:
+    """A store, a real MLflow server and a slow-able mirror, run through kills and restarts step by step."""
+
+    def __init__(self, workdir: Path, tlc_dir: Path, mirror: FlakyMirror, mlflow: Service):
+        self.workdir, self.tlc_dir, self.mirror, self.mlflow = workdir, tlc_dir, mirror, mlflow
+        self.store = workdir / "store"
+        self.steps: dict[str, Step] = {}
+        self.config = write_config(workdir / "faults.cfg", {
+            "taxi": {"source": mirror.url, "store": str(self.store), "retry_backoff": "0.1"},
+            "mlflow": {"tracking_uri": mlflow.url},
+            "TuneHyperparams": SMALL_TUNING,
+            # a failing task mails its traceback: through an SMTP password taken from the environment
+            "email": {"receiver": "ops@example.invalid", "method": "smtp"},
+            "smtp": {"host": "127.0.0.1", "port": str(free_port()), "username": "taxi",
+                     "password": "${TAXI_SMTP_PASSWORD}"},
+            "core": private_lock(workdir),
+        })
+
+    def start(self, name: str, task: str = "RegisterModel") -> LuigiProcess:
+        return LuigiProcess(self.workdir, self.config, task, *MONTH, name=name, env=SECRETS)
+
+    def record(self, name: str, run: LuigiProcess) -> None:
+        text = run.log
+        self.steps[name] = Step(text, run.proc.returncode, luigi_ran(text), self.complete_tasks(),
+                                self.invalid_targets(), self.versions())
+
+    def client(self) -> MlflowClient:
+        return MlflowClient(tracking_uri=self.mlflow.url)
+
+    def versions(self) -> int | None:
+        if self.mlflow.proc.poll() is not None:
+            return None
+        return len(self.client().search_model_versions(f"name='{MODEL}'"))
+
+    def training_run_started(self) -> bool:
+        experiment = self.client().get_experiment_by_name("taxi-duration")
+        return experiment is not None and bool(self.client().search_runs(
+            [experiment.experiment_id], "tags.`taxi.stage` = 'training'"))
+
+    def outputs(self) -> dict[str, list[Path]]:
+        """Every task's outputs, by the layout of README "The pipeline" (one tuning setting in this suite)."""
+        s = self.store
+        tuning = next(iter(sorted((s / "tuning/green/2021-01").glob("*"))), s / "tuning/none")
+        run_dir = s / "runs/green/2021-01" / f"v1-{tuning.name}"
+        outputs = {f"{task} {ym}": [s / path for path in paths] for ym in ("2021-01", "2021-02") for task, paths in (
+            ("DownloadMonth", [f"raw/green/green_tripdata_{ym}.parquet", f"raw/green/green_tripdata_{ym}.parquet.json"]),
+            ("CleanMonth", [f"clean/v1/green/{ym}.parquet", f"clean/v1/green/{ym}.json"]))}
+        outputs["BuildFeatures"] = [s / "features/v1/green/2021-01" / name
+                                    for name in ("vectorizer.pkl", "train.npz", "valid.npz")]
+        outputs["TuneHyperparams"] = [tuning / "best_params.json"]
+        outputs["TrainModel"] = [run_dir / "booster.ubj", run_dir / "train.json"]
+        outputs["RegisterModel"] = [run_dir / name for name in ("registration.json", "report.md",
+                                                                "predicted_vs_actual.png", "residuals.png",
+                                                                "feature_importance.png")]
+        return outputs
+
+    def complete_tasks(self) -> set[str]:
+        return {task for task, paths in self.outputs().items() if all(p.exists() for p in paths)}
+
+    def invalid_targets(self) -> list[str]:
+        """Files in the store that are not a whole, correct target (luigi's temporary files aside)."""
+        known = {p for paths in self.outputs().values() for p in paths}
+        invalid = []
+        for path in store_files(self.store):
+            if "-luigi-tmp-" in path.name:
+                continue
+            try:
+                assert path in known, "not a target of this pipeline"
+                self.check(path)
+            except Exception as exc:  # any failure to read or verify is a wrong target
+                invalid.append(f"{path.relative_to(self.store)}: {type(exc).__name__} {exc}")
+        return invalid
+
+    def check(self, path: Path) -> None:
+        """Raise unless `path` holds what its task writes."""
+        name = path.name
+        if path.parent.name == "green" and path.parent.parent.name == "raw":
+            source = self.tlc_dir / name.removesuffix(".json")
+            if name.endswith(".json"):
+                assert json.loads(path.read_text())["sha256"] == data.sha256(str(source))
+            else:
+                assert path.read_bytes() == source.read_bytes(), "differs from the source"
+        elif name.endswith(".parquet"):
+            rows = pq.read_metadata(path).num_rows
+            stats = path.with_suffix(".json")
+            assert not stats.exists() or rows == json.loads(stats.read_text())["rows_clean"]
+        elif name.endswith(".npz"):
+            X, y = features.load_matrix(str(path))
+            assert X.shape[0] == len(y) > 0
+        elif name.endswith(".pkl"):
+            assert pickle.loads(path.read_bytes()).feature_names_
+        elif name.endswith(".ubj"):
+            xgb.Booster().load_model(bytearray(path.read_bytes()))
+        elif name.endswith(".png"):
+            content = path.read_bytes()
+            assert content.startswith(b"\x89PNG") and content.endswith(PNG_END), "not a whole PNG"
+        elif name.endswith(".md"):
+            assert "2021-01" in path.read_text()
+        else:
+            content = json.loads(path.read_text())
+            assert {"best_params.json": "params", "train.json": "run_id", "registration.json": "version",
+                    "2021-01.json": "rows_clean", "2021-02.json": "rows_clean"}[name] in content
+
+
+SAMPLE_ROWS = 8000
+
+
+@pytest.fixture(scope="module")
+def sampled_tlc(tmp_path_factory, tlc_dir) -> Path:
+    """8000 real trips of each of green 2021-01 and 2021-02 (a fixed random sample, the TLC's schema): the sequence
+    below tunes and trains twice each, which on the whole months costs minutes on two busy cores."""
+    folder = tmp_path_factory.mktemp("sampled-tlc")
+    for month in ("2021-01", "2021-02"):
+        name = f"green_tripdata_{month}.parquet"
+        table = pq.read_table(tlc_dir / name)
+        rows = np.sort(np.random.default_rng(42).choice(table.num_rows, SAMPLE_ROWS, replace=False))
+        pq.write_table(table.take(rows), folder / name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, sampled_tlc) -> Iterator[Pipeline]:
+    """The whole sequence, each step recorded: kill in download, clean, features, tune, train; finish training;
+    stop MLflow and try to register; restart MLflow; kill in register; rerun to the end."""
+    workdir = tmp_path_factory.mktemp("faults")
+    mlflow = mlflow_service(workdir / "mlflow").start()
+    try:
+        with FlakyMirror(sampled_tlc, slow_seconds=4) as mirror:
+            pipe = Pipeline(workdir, sampled_tlc, mirror, mlflow)
+            mirror.script = [SLOW]
+            run = pipe.start("kill-in-download")
+            run.wait_until(mirror.half_sent.is_set, "half of the first month sent")
+            run.kill()
+            pipe.record("download", run)
+            for step, pattern in (("clean", r"running +CleanMonth\("), ("features", r"running +BuildFeatures\("),
+                                  ("tune", r"trial 1/\d+: val_rmse")):
+                run = pipe.start(f"kill-in-{step}")
+                run.wait_for_line(pattern)
+                run.kill()
+                pipe.record(step, run)
+            run = pipe.start("kill-in-train")
+            run.wait_until(pipe.training_run_started, "an MLflow training run")
+            run.kill()
+            pipe.record("train", run)
+            run = pipe.start("finish-training", "TrainModel")
+            run.finish()
+            pipe.record("finish-training", run)
+            mlflow.stop()
+            run = pipe.start("register-without-mlflow")
+            run.finish()
+            pipe.record("mlflow-down", run)
+            mlflow.start()
+            run = pipe.start("kill-in-register")
+            run.wait_for_line(rf"{MODEL} version \d+ is now")
+            run.kill()
+            pipe.record("register", run)
+            run = pipe.start("rerun")
+            run.finish()
+            pipe.record("rerun", run)
+            yield pipe
+    finally:
+        mlflow.stop()
+
+
+KILLED_IN = {"download": "DownloadMonth 2021-02", "clean": "CleanMonth 2021-02", "features": "BuildFeatures",
+             "tune": "TuneHyperparams", "train": "TrainModel", "register": "RegisterModel"}
+
+
+@pytest.mark.parametrize("step", list(KILLED_IN))
+def test_kill_9_in_a_task_leaves_no_target_that_looks_complete_with_wrong_content(pipeline, step):
+    """Every file at a target path is whole and right; the killed task does not look complete."""
+    recorded = pipeline.steps[step]
+    assert recorded.returncode == -9
+    assert recorded.ran[-1] == KILLED_IN[step]
+    assert recorded.invalid == []
+    assert KILLED_IN[step] not in recorded.complete
+
+
+def test_kill_9_in_download_came_mid_body(pipeline):
+    assert pipeline.mirror.requests[0] == ("/green_tripdata_2021-02.parquet", SLOW)
+    assert pipeline.mirror.half_sent.is_set()
+
+
+def test_each_rerun_starts_at_the_killed_task_and_repeats_no_finished_one(pipeline):
+    order = list(pipeline.steps)
+    assert order == ["download", "clean", "features", "tune", "train", "finish-training", "mlflow-down", "register",
+                     "rerun"]
+    for before, after in zip(order, order[1:]):
+        killed, next_run = pipeline.steps[before], pipeline.steps[after]
+        if killed.returncode == -9:
+            assert next_run.ran[0] == killed.ran[-1], (before, after)
+        assert set(next_run.ran).isdisjoint(killed.complete), (before, after)
+
+
+def test_mlflow_down_before_register_fails_naming_the_tracking_uri(pipeline):
+    assert pipeline.steps["finish-training"].returncode == 0  # the server was stopped once TrainModel was done
+    recorded = pipeline.steps["mlflow-down"]
+    assert recorded.returncode == 30
+    assert recorded.ran == ["RegisterModel"]
+    assert f"MLflow tracking server {pipeline.mlflow.url} is not reachable" in recorded.log
+    assert "RegisterModel" not in recorded.complete and recorded.invalid == []
+
+
+def test_register_after_mlflow_is_back_reruns_neither_tuning_nor_training(pipeline):
+    for step in ("register", "rerun"):
+        assert pipeline.steps[step].ran == ["RegisterModel"]
+    assert f"{MODEL} version 1 is now champion" in pipeline.steps["register"].log
+
+
+def test_kill_9_in_register_then_rerun_registers_exactly_one_version(pipeline):
+    """The kill came after the version was registered; the rerun finds it by run id instead of registering again."""
+    assert pipeline.steps["register"].versions == 1
+    rerun = pipeline.steps["rerun"]
+    assert rerun.returncode == 0, rerun.log[-3000:]
+    assert rerun.versions == 1
+    outputs = pipeline.outputs()
+    registration = json.loads(outputs["RegisterModel"][0].read_text())
+    trained = json.loads(outputs["TrainModel"][1].read_text())
+    assert (registration["version"], registration["run_id"], registration["decision"]) == (1, trained["run_id"],
+                                                                                          "champion")
+    client = pipeline.client()
+    champion = client.get_model_version_by_alias(MODEL, "champion")
+    assert (champion.version, champion.run_id) == ("1", trained["run_id"])
+    assert client.get_run(trained["run_id"]).info.status == "FINISHED"
+
+
+def test_rerun_after_every_fault_completes_the_pipeline(pipeline):
+    rerun = pipeline.steps["rerun"]
+    assert rerun.complete == set(pipeline.outputs()) and rerun.invalid == []
+    assert "This progress looks :)" in rerun.log
+
+
+def test_no_secret_in_logs_store_reports_or_mlflow(pipeline):
+    """AWS keys and the SMTP password were in every run's environment (and the SMTP one in luigi's config)."""
+    produced = [p for p in pipeline.workdir.rglob("*") if p.is_file()]
+    assert any(p.name == "mlflow.db" for p in produced) and any(p.name == "report.md" for p in produced)
+    assert any("MLmodel" == p.name for p in produced)  # the server's artifact store is under the workdir
+    assert "Not able to connect to smtp server" in pipeline.steps["mlflow-down"].log  # the mail was attempted
+    leaks = [f"{p.relative_to(pipeline.workdir)}: {name}" for p in produced for name, secret in SECRETS.items()
+             if secret.encode() in p.read_bytes()]
+    assert leaks == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 5. luigid restarted while a run is in flight.
+
+
+def done_tasks(luigid: Service) -> set[str]:
+    """Task ids the scheduler holds as DONE."""
+    reply = requests.get(f"{luigid.url}/api/task_list", params={"data": json.dumps({"status": "DONE"})}, timeout=10)
+    return set(reply.json()["response"])
+
+
+def test_luigid_restart_mid_run_keeps_done_tasks_and_the_run_completes(tmp_path, tlc_dir):
+    luigid = luigid_service(tmp_path / "luigid").start()
+    try:
+        with FlakyMirror(tlc_dir, slow_seconds=8) as mirror:
+            mirror.script = [OK, SLOW]  # the second month downloads slowly: luigid restarts meanwhile
+            config = write_config(tmp_path / "central.cfg", {
+                "taxi": {"source": mirror.url, "store": str(tmp_path / "store")},
+                "core": {"local_scheduler": "false", "default_scheduler_url": luigid.url,
+                         "rpc-retry-attempts": "60", "rpc-retry-wait": "1", **private_lock(tmp_path)},
+            })
+            run = LuigiProcess(tmp_path, config, "BuildFeatures", *MONTH, name="through-restart")
+            run.wait_until(mirror.half_sent.is_set, "half of the second month sent")
+            before = done_tasks(luigid)
+            luigid.stop()
+            state_saved = (tmp_path / "luigid" / "state.pickle").exists()
+            luigid.start()
+            after_restart = done_tasks(luigid)
+            returncode = run.finish()
+            rerun = run_luigi(tmp_path, config, "BuildFeatures", *MONTH)
+    finally:
+        luigid.stop()
+    assert state_saved
+    assert {tuple(t.split("_")[:4]) for t in before} >= {("DownloadMonth", "green", "2", "2021"),
+                                                          ("CleanMonth", "green", "2", "2021")}
+    assert before <= after_restart  # what was done before the restart is still done
+    assert returncode == 0, run.log[-3000:]
+    assert luigi_ran(run.log) == ["DownloadMonth 2021-02", "CleanMonth 2021-02", "DownloadMonth 2021-01",
+                                  "CleanMonth 2021-01", "BuildFeatures"]
+    assert rerun.returncode == 0 and "ran successfully" not in rerun.stderr
+    assert (tmp_path / "store" / "features/v1/green/2021-01/train.npz").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 6. A full or read-only store (tmpfs mounts: root is not stopped by file modes).
+
+
+@pytest.fixture
+def tmpfs(tmp_path) -> Iterator[Callable[..., Path]]:
+    """mount(name, *options): a fresh tmpfs under tmp_path, unmounted after the test."""
+    mounted: list[Path] = []
+
+    def mount(name: str, *options: str) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(options), "tmpfs", str(path)], check=True)
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in mounted:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+@pytest.mark.parametrize("options,errno,reason,fix", [
+    (("size=1m",), 28, "No space left on device", "size=4m"),
+    (("ro", "size=4m"), 30, "Read-only file system", "rw"),
+], ids=["disk-full", "read-only"])
+def test_full_or_read_only_store_fails_naming_the_target_and_leaves_nothing(tmp_path, tmpfs, tlc_dir, options,
+                                                                           errno, reason, fix):
+    """A 1.3 MB month into a 1 MB store, or into a read-only one: one clear error, no file; fixed, a rerun works."""
+    store = tmpfs("store", *options)
+    config = write_config(tmp_path / "store.cfg", {"taxi": {"source": str(tlc_dir), "store": str(store)},
+                                                   "core": private_lock(tmp_path)})
+    failed = run_luigi(tmp_path, config, "DownloadMonth", *MONTH)
+    assert failed.returncode == 30
+    target = store / "raw" / "green" / "green_tripdata_2021-01.parquet"
+    assert f"OSError: [Errno {errno}] cannot write {target} into [taxi] store {store}: {reason}" in failed.stderr
+    assert store_files(store) == []
+    subprocess.run(["mount", "-o", f"remount,{fix}", str(store)], check=True)
+    rerun = run_luigi(tmp_path, config, "DownloadMonth", *MONTH)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert target.read_bytes() == (tlc_dir / "green_tripdata_2021-01.parquet").read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# README "What it survives" is this suite's table of contents.
+
+
+def test_readme_table_names_every_fault_test():
+    """Every test a row of the table names exists, and every test of the fault and bad-input suites has a row."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## What it survives\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| fault")]
+    named = [re.findall(r"`(test_\w+)`", row) for row in rows]
+    assert all(named), "a row names no test"
+    suite = {node.name for module in ("test_faults.py", "test_bad_inputs.py")
+             for node in ast.parse((ROOT / "tests" / module).read_text()).body
+             if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")}
+    assert {name for names in named for name in names} == suite - {test_readme_table_names_every_fault_test.__name__}
