@@ -48,7 +48,7 @@ class LuigiProcess:
             if time.monotonic() > deadline:
                 self.kill()
                 raise AssertionError(f"no {what} within {timeout:.0f}s:\n{self.log[-3000:]}")
-            time.sleep(0.05)
+            time.sleep(0.02)
 
     def wait_for_line(self, pattern: str, timeout: float = 300) -> None:
         """Block until a line of the log matches the regular expression `pattern`."""
