@@ -6,6 +6,8 @@ import io
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import scipy.sparse as sp
 from sklearn.feature_extraction import DictVectorizer
 
@@ -30,22 +32,21 @@ def transform(vectorizer: DictVectorizer, df: pd.DataFrame) -> sp.csr_matrix:
     prefix = f"{CATEGORICAL}="
     names = [name[len(prefix):] for name in vectorizer.feature_names_ if name.startswith(prefix)]
     columns = np.array([vocabulary[prefix + name] for name in names], dtype=np.int32)
-    codes = pd.Index(names).get_indexer(df[CATEGORICAL].astype(str))
+    # a hash lookup in Arrow: pandas' get_indexer would first turn every value into a Python string
+    codes = pc.index_in(pa.array(df[CATEGORICAL].astype(str)), value_set=pa.array(names, pa.string()))
+    codes = pc.fill_null(codes, -1).to_numpy()
     known = codes >= 0
-    n = len(df)
-    indices = np.empty((n, 2), dtype=np.int32)
-    data = np.empty((n, 2), dtype=np.float64)
-    indices[:, 0] = columns[np.where(known, codes, 0)] if len(columns) else 0
-    indices[:, 1] = vocabulary[NUMERICAL]
-    data[:, 0] = 1.0
-    data[:, 1] = df[NUMERICAL].to_numpy(dtype=np.float64)
-    present = np.empty((n, 2), dtype=bool)
-    present[:, 0] = known
-    present[:, 1] = True
-    # one-hot columns sort before 'trip_distance', so each row is already in DictVectorizer's column order
-    indptr = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(present.sum(axis=1), out=indptr[1:])
-    return sp.csr_matrix((data[present], indices[present], indptr), shape=(n, len(vocabulary)))
+    # each row holds its pair's one-hot column (when the pair was seen in training), then 'trip_distance':
+    # one-hot columns sort before 'trip_distance', which is DictVectorizer's column order within a row
+    indptr = np.zeros(len(df) + 1, dtype=np.int64)
+    np.cumsum(known.astype(np.int64) + 1, out=indptr[1:])
+    indices = np.full(indptr[-1], vocabulary[NUMERICAL], dtype=np.int32)
+    data = np.empty(indptr[-1], dtype=np.float64)
+    data[indptr[1:] - 1] = df[NUMERICAL].to_numpy(dtype=np.float64)
+    onehot = indptr[:-1][known]
+    indices[onehot] = columns[codes[known]]
+    data[onehot] = 1.0
+    return sp.csr_matrix((data, indices, indptr), shape=(len(df), len(vocabulary)))
 
 
 def target(df: pd.DataFrame) -> np.ndarray:
