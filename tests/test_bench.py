@@ -1,0 +1,65 @@
+"""Synthetic months and the benchmark, on sizes small enough for CI (no timing assertions)."""
+
+import json
+import subprocess
+
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+
+from taxi import data, synthetic
+from tests.conftest import ROOT
+
+STAGES = {"read", "clean", "features", "read+clean+features", "train", "predict"}
+
+
+@pytest.fixture(scope="module")
+def source(tlc_dir):
+    return synthetic.read_sources([str(tlc_dir / "green_tripdata_2021-01.parquet"),
+                                   str(tlc_dir / "green_tripdata_2023-02.parquet")])
+
+
+def test_synthetic_month_is_deterministic_and_named_for_its_color(source):
+    month = synthetic.make_month(source, 5_000, "yellow", 2024, 2, seed=7)
+    assert month.equals(synthetic.make_month(source, 5_000, "yellow", 2024, 2, seed=7))
+    assert not month.equals(synthetic.make_month(source, 5_000, "yellow", 2024, 2, seed=8))
+    assert month.num_rows == 5_000
+    assert set(data.required_columns("yellow")) <= set(month.column_names)
+    assert "airport_fee" in month.column_names and "ehail_fee" not in month.column_names
+
+
+def test_synthetic_trips_start_in_the_target_month_and_keep_their_durations(source):
+    month = synthetic.make_month(source, 20_000, "green", 2021, 2, seed=1)
+    pickup = month["lpep_pickup_datetime"].to_numpy()
+    assert pickup.min() >= np.datetime64("2021-02-01") and pickup.max() < np.datetime64("2021-03-01")
+    picks = np.random.default_rng(1).integers(0, source.num_rows, size=20_000)
+    original = (pc.subtract(source["dropoff_datetime"], source["pickup_datetime"]).to_numpy())[picks]
+    np.testing.assert_array_equal(month["lpep_dropoff_datetime"].to_numpy() - pickup, original)
+
+
+def test_synthetic_cli_writes_a_parquet_the_pipeline_reads(tmp_path, tlc_dir):
+    out = tmp_path / "yellow_tripdata_2021-03.parquet"
+    subprocess.run([str(ROOT / "scripts" / "make_synthetic_month"), "--color", "yellow", "--year", "2021",
+                    "--month", "3", "--rows", "1000", "--source", str(tlc_dir / "green_tripdata_2021-01.parquet"),
+                    str(out)], check=True, capture_output=True, timeout=120)
+    assert data.check_raw(str(out), "yellow", "synthetic month") == 1000
+    cleaned, _ = data.clean_trips(data.read_trips(out, "yellow"), "yellow")
+    assert len(cleaned) > 900
+
+
+@pytest.mark.parametrize("options,checks", [
+    ([], {"clean_rows", "feature_names", "feature_matrices", "predictions", "rmse"}),
+    (["--skip-training"], {"clean_rows", "feature_names", "feature_matrices"}),
+])
+def test_bench_finds_the_pipeline_identical_to_the_course(tlc_dir, options, checks):
+    result = subprocess.run([str(ROOT / "scripts" / "bench"), "--rows", "20000", "--rounds", "5",
+                             "--source-dir", str(tlc_dir), *options], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["rows"] == 20_000
+    assert summary["identical"] is True and set(summary["checks"]) == checks, summary["checks"]
+    stages = STAGES if "predictions" in checks else STAGES - {"train", "predict"}
+    for side in ("course", "pipeline"):
+        assert set(summary["seconds"][side]) == stages
+    assert set(summary["speedup"]) >= stages
+    assert summary["peak_rss_mb"]["read+clean+features"]["pipeline"] > 0
