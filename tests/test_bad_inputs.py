@@ -95,7 +95,8 @@ def test_bad_parameters_write_nothing_and_register_nothing(parameter_runs):
 # Source files: a mirror serves a bad January (and the real February) for each case.
 
 
-def html_error_page(table: pa.Table) -> bytes:
+def html_error_page(_: pa.Table) -> bytes:
+    """What a proxy in front of the source sends, saved under the month's name."""
     return b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>\n"
 
 
