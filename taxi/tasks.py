@@ -430,3 +430,56 @@ class RegisterModel(TrainingTask):
                     f.write(content)
                 storage.put_file(os.path.join(tmp, name), self.output()[name])
             MlflowClient().log_artifacts(registration["run_id"], tmp, "report")
+
+
+# --- operations ---
+
+# registers RangeMonthly, so `luigi --module taxi.tasks RangeMonthly --of RegisterMonth ...` finds it (scripts/backfill)
+from luigi.tools.range import RangeMonthly  # noqa: E402,F401
+
+
+def source_file_published(url: str) -> bool:
+    """Whether `[taxi] source` has the file at `url`: HEAD for http(s), the object for s3://, else the file."""
+    from taxi import schedule
+
+    if storage.is_s3(url):
+        prefix, name = url.rsplit("/", 1)
+        return storage.target(prefix, name).exists()
+    return schedule.source_published(url)
+
+
+class SourceFile(luigi.ExternalTask):
+    """One month's TLC file at `[taxi] source`: a missing dependency in Luigi's summary until it is published."""
+
+    color = luigi.Parameter(default="green", description="green or yellow")
+    year = luigi.IntParameter()
+    month = luigi.IntParameter()
+
+    def complete(self) -> bool:
+        return source_file_published(data.source_url(TaxiConfig().source, self.color, self.year, self.month))
+
+
+class RegisterMonth(luigi.Task):
+    """RegisterModel for a training month given as one month parameter, the adapter RangeMonthly needs
+    (scripts/backfill). It waits for both source files, so a month not published is reported missing rather than failing a download,
+    then runs RegisterModel as a dynamic dependency; done exactly when that RegisterModel is done."""
+
+    month = luigi.MonthParameter(description="training month, YYYY-MM")  # first: RangeMonthly's parameter
+    color = luigi.Parameter(default="green", description="green or yellow")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        data.validate_month(self.color, self.month.year, self.month.month, needs_next_month=True)
+
+    def register_model(self) -> RegisterModel:
+        return RegisterModel(color=self.color, year=self.month.year, month=self.month.month)
+
+    def requires(self):
+        year, month = self.month.year, self.month.month
+        return [SourceFile(color=self.color, year=y, month=m) for y, m in ((year, month), data.next_month(year, month))]
+
+    def complete(self) -> bool:
+        return self.register_model().complete()
+
+    def run(self):
+        yield self.register_model()
