@@ -461,8 +461,9 @@ class SourceFile(luigi.ExternalTask):
 
 class RegisterMonth(luigi.Task):
     """RegisterModel for a training month given as one month parameter, the adapter RangeMonthly needs
-    (scripts/backfill). It waits for both source files, so a month not published is reported missing rather than failing a download,
-    then runs RegisterModel as a dynamic dependency; done exactly when that RegisterModel is done."""
+    (scripts/backfill, scripts/run-monthly). It waits for both source files, so a month not published is reported
+    missing rather than failing a download, then runs RegisterModel as a dynamic dependency; it is done exactly
+    when that RegisterModel is done."""
 
     month = luigi.MonthParameter(description="training month, YYYY-MM")  # first: RangeMonthly's parameter
     color = luigi.Parameter(default="green", description="green or yellow")
