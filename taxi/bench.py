@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import platform
 import resource
+import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -46,7 +47,8 @@ COURSE_PARAMS = {
 COMPARED_COLUMNS = ["PULocationID", "DOLocationID", "PU_DO", "trip_distance", "duration"]
 STAGES = ("read", "clean", "features", "train", "predict")
 DATA_STAGES = ("read", "clean", "features")
-GOALS = {"data_speedup": 10.0, "data_peak_rss_mb": 1536.0, "train_speedup": 1.0, "predict_speedup": 3.0}
+GOALS = {"data_speedup": 10.0, "data_peak_rss_mb": 1536.0, "data_peak_rss_rows": 3_000_000,  # memory goal: 3 M rows
+         "train_speedup": 1.0, "predict_speedup": 3.0}
 
 
 @dataclass(frozen=True)
@@ -193,6 +195,17 @@ def booster_path(out_dir: str) -> str:
     return os.path.join(out_dir, "booster.ubj")
 
 
+def median_run(runs: list[dict]) -> dict:
+    """Median seconds per stage and the highest peak RSS over repeated runs (whose outputs are identical)."""
+    merged = dict(runs[0])
+    for key in ("seconds", "detail_seconds"):
+        merged[key] = {stage: statistics.median(run[key][stage] for run in runs) for stage in runs[0][key]}
+    merged["peak_rss_mb"] = {stage: max(run["peak_rss_mb"][stage] for run in runs)
+                             for stage in runs[0]["peak_rss_mb"]}
+    merged["peak_rss_mb_overall"] = max(run["peak_rss_mb_overall"] for run in runs)
+    return merged
+
+
 def side_result(watch: Stopwatch, detail: dict, **extra) -> dict:
     return {"seconds": watch.seconds, "detail_seconds": detail, "peak_rss_mb": watch.peak_rss_mb,
             "peak_rss_mb_overall": peak_rss_mb(), **extra}
@@ -272,14 +285,15 @@ def summarize(rows: int, course: dict, pipeline: dict, checks: dict[str, bool], 
     data_peak = {side: round(result["peak_rss_mb"]["features"]) for side, result in
                  (("course", course), ("pipeline", pipeline))}
     rmse = {"course": course.get("rmse"), "pipeline": pipeline.get("rmse")}
-    goals = {"read+clean+features >= 10x faster": (speedup["read+clean+features"] or 0) >= GOALS["data_speedup"],
-             "peak RSS at read+clean+features <= 1.5 GB": data_peak["pipeline"] <= GOALS["data_peak_rss_mb"]}
+    goals = {"read+clean+features >= 10x faster": (speedup["read+clean+features"] or 0) >= GOALS["data_speedup"]}
+    if rows <= GOALS["data_peak_rss_rows"]:
+        goals["peak RSS at read+clean+features <= 1.5 GB"] = data_peak["pipeline"] <= GOALS["data_peak_rss_mb"]
     if speedup["train"] is not None:
         goals["train not slower"] = speedup["train"] >= GOALS["train_speedup"]
     if speedup["predict"] is not None:
         goals["predict >= 3x faster"] = speedup["predict"] >= GOALS["predict_speedup"]
     return {
-        "rows": rows, "real_months": args.real, "identical": all(checks.values()), "checks": checks,
+        "rows": rows, "real_months": args.real, "repeat": args.repeat, "identical": all(checks.values()), "checks": checks,
         "seconds": seconds, "speedup": speedup, "course_detail_seconds": {
             k: round(v, 3) for k, v in course["detail_seconds"].items()},
         "peak_rss_mb": {"read+clean+features": data_peak,
@@ -307,7 +321,9 @@ def table(summary: dict) -> str:
     labels = {"read": "read (train + valid month)", "clean": "clean", "features": "features (fit + 2 transforms)",
               "read+clean+features": "**read + clean + features**",
               "train": f"train, course params, {summary['rounds']} rounds", "predict": "predict (valid month)"}
-    lines = [f"| stage ({summary['rows']:,} rows/month) | course s | pipeline s | speed-up |", "|---|---:|---:|---:|"]
+    runs = f", median of {summary['repeat']} runs" if summary["repeat"] > 1 else ""
+    lines = [f"| stage ({summary['rows']:,} rows/month{runs}) | course s | pipeline s | speed-up |",
+             "|---|---:|---:|---:|"]
     details = summary["course_detail_seconds"]
     for stage, label in labels.items():
         if stage not in pipeline:
@@ -360,12 +376,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-dir", help="keep synthetic months here and reuse them (default: a temporary folder)")
     parser.add_argument("--rounds", type=int, default=100, help="boosting rounds with the course params")
     parser.add_argument("--threads", type=int, default=0, help="XGBoost threads for the pipeline; 0 = all cores")
+    parser.add_argument("--repeat", type=int, default=1, help="run each side this many times; report medians")
     parser.add_argument("--skip-training", action="store_true", help="only read, clean and features")
     parser.add_argument("--skip-course-training", action="store_true",
                         help="the course side predicts with the pipeline's booster instead of training its own")
     args = parser.parse_args(argv)
-    if args.rows < 1 or args.rounds < 1:
-        parser.error("--rows and --rounds must be at least 1")
+    if min(args.rows, args.rounds, args.repeat) < 1:
+        parser.error("--rows, --rounds and --repeat must be at least 1")
     return args
 
 
@@ -382,10 +399,12 @@ def main(argv: list[str] | None = None) -> None:
                                 not args.skip_training, nthread),
                 "course": Job(str(train_path), str(valid_path), course_dir, args.rounds, not args.skip_training,
                               nthread, booster_path(pipeline_dir) if args.skip_course_training else None)}
-        results = {}
-        for side, job in jobs.items():
-            log.info("running the %s side on %d rows per month", side, rows)
-            results[side] = run_side(side, job)
+        runs: dict[str, list[dict]] = {side: [] for side in jobs}
+        for repeat in range(1, args.repeat + 1):  # sides alternate, so a busy spell on a shared box hits both
+            for side, job in jobs.items():
+                log.info("run %d of %d: the %s side on %d rows per month", repeat, args.repeat, side, rows)
+                runs[side].append(run_side(side, job))
+        results = {side: median_run(side_runs) for side, side_runs in runs.items()}
         checks = compare(course_dir, pipeline_dir, results)
     summary = summarize(rows, results["course"], results["pipeline"], checks, args, load_before)
     print(table(summary))
