@@ -367,10 +367,12 @@ class RegisterModel(TrainingTask):
     """Registers the trained model; champion if it beats the current champion on the same month, else challenger."""
 
     def requires(self):
-        return TrainModel(color=self.color, year=self.year, month=self.month)
+        """The model, and every input its report reads (so a deleted one is rebuilt, not a crash)."""
+        model = TrainModel(color=self.color, year=self.year, month=self.month)
+        return {"model": model, **model.requires()}
 
     def output(self):
-        run_dir = self.requires().run_dir
+        run_dir = self.requires()["model"].run_dir
         return {name: self.target(f"{run_dir}/{name}") for name in ("registration.json", "report.md", *report.PLOTS)}
 
     def run(self):
@@ -379,11 +381,9 @@ class RegisterModel(TrainingTask):
         from taxi import registry, training
 
         started = time.monotonic()
-        train = self.requires()
-        trained = storage.read_json(self.input()["run"])
+        trained = storage.read_json(self.input()["model"]["run"])
         tracking_uri = MlflowConfig().connect()
-        clean = {key: task.output() for key, task in train.clean_months().items()}
-        valid_df = storage.read_parquet(clean["valid"]["data"])
+        valid_df = storage.read_parquet(self.input()["clean"]["valid"]["data"])
         # raw trip fields as the model signature takes them (cleaning made the zone ids strings)
         fields = valid_df[["PULocationID", "DOLocationID", "trip_distance"]].astype(
             {"PULocationID": "int64", "DOLocationID": "int64"})
@@ -394,20 +394,20 @@ class RegisterModel(TrainingTask):
         registration = registry.register(registry.model_name(self.color), trained["run_id"], trained["model_uri"],
                                          trained["val_rmse"], score_champion)
         registration["tracking_uri"] = tracking_uri
-        self._write_report(train, trained, registration, valid_df, started)
+        self._write_report(trained, registration, valid_df, started)
         storage.write_json(registration, self.output()["registration.json"])
 
-    def _write_report(self, train: TrainModel, trained: dict, registration: dict, valid_df, started: float) -> None:
+    def _write_report(self, trained: dict, registration: dict, valid_df, started: float) -> None:
         """Markdown + plots into the run folder, and the same files logged to the MLflow run."""
         import xgboost as xgb
         from mlflow.tracking import MlflowClient
 
         from taxi import training
 
-        inputs = train.input()
+        inputs = self.input()
         vectorizer, _, _, X_valid, y_valid = load_features(inputs["features"])
         booster = xgb.Booster()
-        booster.load_model(bytearray(storage.read_bytes(self.input()["booster"]).getvalue()))
+        booster.load_model(bytearray(storage.read_bytes(inputs["model"]["booster"]).getvalue()))
         gains = booster.get_score(importance_type="total_gain")
         importances = {vectorizer.feature_names_[int(k[1:])]: v for k, v in gains.items()}
         pngs = report.plots(y_valid, training.predict(booster, X_valid), importances)

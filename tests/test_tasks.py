@@ -1,6 +1,7 @@
 """Each task in isolation, run by Luigi against temporary targets, on real TLC rows."""
 
 import json
+import os
 
 import luigi
 import mlflow
@@ -115,7 +116,7 @@ def test_train_and_register_champion_then_challenger(luigi_config):
     build(first)
     reg = storage.read_json(first.output()["registration.json"])
     assert reg["decision"] == "champion" and reg["version"] == 1 and reg["previous_champion_version"] is None
-    trained = storage.read_json(first.requires().output()["run"])
+    trained = storage.read_json(first.requires()["model"].output()["run"])
     mlflow.set_tracking_uri(luigi_config["mlflow"]["tracking_uri"])
     run = mlflow.get_run(trained["run_id"])
     assert run.data.metrics["val_rmse"] == pytest.approx(reg["val_rmse"])
@@ -127,6 +128,13 @@ def test_train_and_register_champion_then_challenger(luigi_config):
     report = open(first.output()["report.md"].path).read()
     assert f"v1: champion" in report and "| 2021-01 |" in report and f"{reg['val_rmse']:.4f}" in report
     assert open(first.output()["residuals.png"].path, "rb").read(4) == b"\x89PNG"
+
+    # a report input deleted after training is rebuilt; the model is neither retrained nor registered again
+    os.remove(first.requires()["features"].output()["valid"].path)
+    os.remove(first.output()["registration.json"].path)
+    ran = build(first).summary_text.split("ran successfully:")[1].split("\n\n")[0]
+    assert "BuildFeatures(" in ran and "RegisterModel(" in ran and "TrainModel(" not in ran
+    assert storage.read_json(first.output()["registration.json"])["version"] == 1
 
     # a second model (other seed) is scored against the champion on the same validation month
     luigi.configuration.get_config().set("TuneHyperparams", "seed", "7")
