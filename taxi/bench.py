@@ -44,6 +44,7 @@ COURSE_PARAMS = {
     "reg_lambda": 0.011658731377413597,
     "seed": 42,
 }
+COURSE_SEARCH_PARAMS = {k: v for k, v in COURSE_PARAMS.items() if k not in ("objective", "seed")}  # as tuning's
 COMPARED_COLUMNS = ["PULocationID", "DOLocationID", "PU_DO", "trip_distance", "duration"]
 STAGES = ("read", "clean", "features", "train", "predict")
 DATA_STAGES = ("read", "clean", "features")
@@ -179,8 +180,8 @@ def run_pipeline(job: Job) -> dict:
     watch.restart()
     if not job.predict:
         return side_result(watch, {})
-    params = {k: v for k, v in COURSE_PARAMS.items() if k not in ("objective", "seed")}
-    booster = training.train_booster(X_train, y_train, params, job.rounds, COURSE_PARAMS["seed"], job.nthread)
+    booster = training.train_booster(X_train, y_train, COURSE_SEARCH_PARAMS, job.rounds, COURSE_PARAMS["seed"],
+                                     job.nthread)
     watch.lap("train")
     booster.save_model(booster_path(job.out_dir))
     watch.restart()

@@ -63,3 +63,28 @@ def test_bench_finds_the_pipeline_identical_to_the_course(tlc_dir, options, chec
         assert set(summary["seconds"][side]) == stages
     assert set(summary["speedup"]) >= stages
     assert summary["peak_rss_mb"]["read+clean+features"]["pipeline"] > 0
+
+
+def test_bench_register_times_a_real_run_and_a_rerun_that_does_nothing(tlc_dir, tmp_path):
+    workdir = tmp_path / "run"
+    result = subprocess.run([str(ROOT / "scripts" / "bench-register"), "--rows", "20000", "--max-evals", "2",
+                             "--course-rounds", "5", "--source-dir", str(tlc_dir), "--data-dir", str(tmp_path),
+                             "--workdir", str(workdir)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["rows"] == 20_000 and summary["tuning"]["trials"] == 2
+    registration = json.loads(next(workdir.glob("store/runs/green/2021-01/*/registration.json")).read_text())
+    assert summary["val_rmse"] == registration["val_rmse"] and registration["version"] == 1
+    assert "ran successfully" in (workdir / "run.log").read_text()
+    assert "ran successfully" not in (workdir / "rerun.log").read_text()
+    assert 0 < summary["rerun_seconds"] < summary["wall_seconds"]
+    assert 0 < summary["course_params_val_rmse"] < 60  # minutes, on the same matrices
+    assert set(summary["goals"]) == {"RegisterModel under 15 min", "complete rerun under 3 s",
+                                     "validation RMSE no worse than the course params"}
+
+
+def test_bench_register_refuses_a_used_workdir(tmp_path):
+    (tmp_path / "store").mkdir()
+    result = subprocess.run([str(ROOT / "scripts" / "bench-register"), "--workdir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "is not empty: a finished run there would be reused" in result.stderr
