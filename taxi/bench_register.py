@@ -96,6 +96,7 @@ def summarize(args: argparse.Namespace, rows: int, first: tuple[float, float], r
                           "download, clean, features, register": round(first[0] - tuned["seconds"]
                                                                        - trained["seconds"], 1)},
         "tuning": {"trials": tuned["trials"], "train_rows_used": tuned["train_rows_used"],
+                   "valid_rows_used": tuned["valid_rows_used"],
                    "num_boost_round": tuned["num_boost_round"], "params": tuned["params"]},
         "val_rmse": val_rmse, "course_params_val_rmse": course_rmse,
         "course_params_train_seconds": round(course[1], 1), "course_params_rounds": args.course_rounds,
@@ -111,8 +112,8 @@ def table(summary: dict) -> str:
     lines = [f"| RegisterModel, {summary['rows']:,} rows/month | |", "|---|---:|",
              f"| whole run, wall | {summary['wall_seconds'] / 60:.1f} min |"]
     lines += [f"| &nbsp;&nbsp;{stage} | {seconds:.0f} s |" for stage, seconds in summary["stage_seconds"].items()]
-    lines += [f"| tuning | {tuning['trials']} trials on {tuning['train_rows_used']:,} rows; final "
-              f"{tuning['num_boost_round']} rounds on all rows |",
+    lines += [f"| tuning | {tuning['trials']} trials on {tuning['train_rows_used']:,} training rows, scored on "
+              f"{tuning['valid_rows_used']:,} validation rows; final {tuning['num_boost_round']} rounds on all rows |",
               f"| peak RSS | {summary['peak_rss_mb']:,} MB |",
               f"| complete rerun, wall | {summary['rerun_seconds']:.2f} s |",
               f"| validation RMSE, registered model | {summary['val_rmse']:.4f} |",
