@@ -20,6 +20,7 @@ def test_trials_train_and_stop_early_on_fixed_subsamples_of_both_months(matrices
     settings = tuning.TuningSettings(max_evals=2, num_boost_round=30, early_stopping_rounds=5, no_progress_evals=5,
                                      startup_evals=2, sample_rows=5_000, seed=3, nthread=2)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    mlflow.set_experiment("tuning")  # an earlier test's active experiment is not in this database
     with mlflow.start_run() as parent:
         best = tuning.tune(X_train, y_train, X_valid, y_valid, settings)
     assert (best["trials"], best["train_rows_used"], best["valid_rows_used"]) == (2, 5_000, 5_000)
