@@ -419,6 +419,11 @@ def main(argv: list[str] | None = None) -> None:
     summary = summarize(rows, results["course"], results["pipeline"], checks, args, load_before)
     print(table(summary))
     print(f"\nidentical: {summary['identical']} ({', '.join(f'{k}={v}' for k, v in checks.items())})")
+    print_verdict(summary)
+
+
+def print_verdict(summary: dict) -> None:
+    """Each goal met or missed, the machine, then the summary as one JSON line (the last line printed)."""
     for goal, met in summary["goals"].items():
         print(f"goal {'met    ' if met else 'MISSED '} {goal}")
     m = summary["machine"]

@@ -10,8 +10,6 @@ printed is one JSON object for machines.
 from __future__ import annotations
 
 import argparse
-import glob
-import json
 import logging
 import os
 import shutil
@@ -21,30 +19,33 @@ import tempfile
 import time
 from pathlib import Path
 
+import luigi
 import pyarrow.parquet as pq
 
-from taxi import bench, synthetic
+from taxi import bench, storage, synthetic, tasks
 
 log = logging.getLogger(__name__)
 
 GOALS = {"wall_seconds": 15 * 60, "rerun_seconds": 3.0}
 LUIGI = Path(sys.executable).with_name("luigi")
+TRAIN_MONTH = bench.TRAIN_MONTH  # the synthetic months are named for it and the month after
 
 
 def run_luigi(workdir: Path, config: Path, log_name: str) -> tuple[float, float]:
-    """`luigi --module taxi.tasks RegisterModel` for 2021-01 as an operator runs it; (wall seconds, peak RSS MB)."""
-    command = [str(LUIGI), "--module", "taxi.tasks", "RegisterModel", "--year", "2021", "--month", "1"]
+    """`luigi --module taxi.tasks RegisterModel` for the training month as an operator runs it;
+    (wall seconds, peak RSS MB)."""
+    command = [str(LUIGI), "--module", "taxi.tasks", "RegisterModel", "--year", str(TRAIN_MONTH[0]),
+               "--month", str(TRAIN_MONTH[1])]
     with open(workdir / log_name, "w") as out:
         started = time.perf_counter()
         process = subprocess.Popen(command, cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
                                    env={**os.environ, "LUIGI_CONFIG_PATH": str(config)})
         _, status, usage = os.wait4(process.pid, 0)
         seconds = time.perf_counter() - started
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
+    returncode = os.waitstatus_to_exitcode(status)
+    if returncode != 0:
         tail = (workdir / log_name).read_text().splitlines()[-30:]
-        raise SystemExit(f"RegisterModel exited {process.returncode}; the end of {workdir / log_name}:\n"
-                         + "\n".join(tail))
+        raise SystemExit(f"RegisterModel exited {returncode}; the end of {workdir / log_name}:\n" + "\n".join(tail))
     return seconds, usage.ru_maxrss / 1024
 
 
@@ -61,21 +62,18 @@ def write_config(workdir: Path, source_dir: Path, max_evals: int | None) -> Path
     return config
 
 
-def read_one(pattern: str) -> dict:
-    paths = glob.glob(pattern)
-    if len(paths) != 1:
-        raise SystemExit(f"expected one file matching {pattern}, found {len(paths)}")
-    with open(paths[0]) as f:
-        return json.load(f)
+def finished_run(workdir: Path, config: Path) -> tasks.RegisterModel:
+    """The RegisterModel the command line ran, configured as it was, so its targets name the files it wrote."""
+    for path in (workdir / "luigi.cfg", config):
+        luigi.configuration.add_config_path(str(path))
+    return tasks.RegisterModel(year=TRAIN_MONTH[0], month=TRAIN_MONTH[1])
 
 
-def course_params_rmse(store: Path, rounds: int) -> tuple[float, float]:
+def course_params_rmse(run: tasks.RegisterModel, rounds: int) -> tuple[float, float]:
     """Validation RMSE of the course's fixed parameters on the run's own feature matrices; (RMSE, seconds)."""
-    from taxi import features, training
+    from taxi import training
 
-    base = store / "features" / "v1" / bench.COLOR / "2021-01"
-    X_train, y_train = features.load_matrix(str(base / "train.npz"))
-    X_valid, y_valid = features.load_matrix(str(base / "valid.npz"))
+    _, X_train, y_train, X_valid, y_valid = tasks.load_features(run.input()["features"])
     started = time.perf_counter()
     booster = training.train_booster(X_train, y_train, bench.COURSE_SEARCH_PARAMS, rounds, bench.COURSE_PARAMS["seed"],
                                      os.cpu_count() or 1)
@@ -83,11 +81,10 @@ def course_params_rmse(store: Path, rounds: int) -> tuple[float, float]:
 
 
 def summarize(args: argparse.Namespace, rows: int, first: tuple[float, float], rerun: tuple[float, float],
-              store: Path, course: tuple[float, float], load_before: tuple[float, ...]) -> dict:
-    month = f"{bench.COLOR}/2021-01"
-    registration = read_one(f"{store}/runs/{month}/*/registration.json")
-    trained = read_one(f"{store}/runs/{month}/*/train.json")
-    tuned = read_one(f"{store}/tuning/{month}/*/best_params.json")
+              run: tasks.RegisterModel, course: tuple[float, float], load_before: tuple[float, ...]) -> dict:
+    registration = storage.read_json(run.output()["registration.json"])
+    trained = storage.read_json(run.input()["model"]["run"])
+    tuned = storage.read_json(run.input()["params"])
     val_rmse, course_rmse = registration["val_rmse"], course[0]
     return {
         "rows": rows, "real_months": args.real, "max_evals": args.max_evals,
@@ -159,15 +156,11 @@ def main(argv: list[str] | None = None) -> None:
         if "ran successfully" in (workdir / "rerun.log").read_text():
             raise SystemExit(f"the rerun ran tasks again; see {workdir / 'rerun.log'}")
         log.info("the course's fixed parameters on the same features")
-        course = course_params_rmse(workdir / "store", args.course_rounds)
-        summary = summarize(args, rows, first, rerun, workdir / "store", course, load_before)
+        run = finished_run(workdir, config)
+        course = course_params_rmse(run, args.course_rounds)
+        summary = summarize(args, rows, first, rerun, run, course, load_before)
     print(table(summary))
-    for goal, met in summary["goals"].items():
-        print(f"goal {'met    ' if met else 'MISSED '} {goal}")
-    m = summary["machine"]
-    print(f"machine: {m['nproc']} cores, {m['cpu']}, {m['mem_gb']} GiB; load average {m['loadavg_before'][0]} "
-          f"before, {m['loadavg_after'][0]} after")
-    print(json.dumps(summary, sort_keys=True))
+    bench.print_verdict(summary)
 
 
 if __name__ == "__main__":
