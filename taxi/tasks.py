@@ -12,6 +12,7 @@ import tempfile
 import time
 
 import luigi
+import luigi.configuration
 from tqdm import tqdm
 
 from taxi import data, report, storage
@@ -34,6 +35,20 @@ def _show_taxi_logs() -> None:
 
 
 _show_taxi_logs()
+
+PROJECT_DEFAULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "luigi.cfg")
+
+
+def _read_project_defaults() -> None:
+    """Read the checkout's luigi.cfg before every other config file, whatever the working directory: Luigi itself
+    reads only ./luigi.cfg, so from elsewhere a failed run would lose `[retcode]` and exit 0."""
+    paths = luigi.configuration.LuigiConfigParser._config_paths
+    if PROJECT_DEFAULTS not in paths:
+        paths.insert(0, PROJECT_DEFAULTS)  # lowest precedence: ./luigi.cfg and LUIGI_CONFIG_PATH still override
+        luigi.configuration.LuigiConfigParser.reload()
+
+
+_read_project_defaults()
 
 FEATURES_VERSION = "v1"  # bump when the features or the cleaning rules change
 MODEL_VERSION = "v1"  # bump when training or the logged model changes
@@ -365,6 +380,10 @@ def lineage_tags(stats: dict[str, dict]) -> dict[str, str]:
 
 class RegisterModel(TrainingTask):
     """Registers the trained model; champion if it beats the current champion on the same month, else challenger."""
+
+    # the champion decision reads the alias, scores, then moves it: one registration at a time per scheduler
+    # (luigi.cfg and config/luigid.cfg set [resources] mlflow_registry = 1)
+    resources = {"mlflow_registry": 1}
 
     def requires(self):
         """The model, and every input its report reads (so a deleted one is rebuilt, not a crash)."""
