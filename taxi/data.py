@@ -17,6 +17,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import requests
 
+from taxi.urls import redact, redact_text
+
 log = logging.getLogger(__name__)
 
 COLORS = ("green", "yellow")
@@ -40,6 +42,10 @@ class MonthNotPublished(DataError):
 
 class TransientSourceError(IOError):
     """A failure worth retrying: 5xx, timeout, dropped connection, short body."""
+
+
+class SourceUnreachable(TransientSourceError):
+    """No connection to the source's host at all (no name resolution, refused, no route): offline, or a wrong URL."""
 
 
 def validate_month(color: str, year: int, month: int, *, needs_next_month: bool = False,
@@ -81,7 +87,9 @@ def source_url(source: str, color: str, year: int, month: int) -> str:
 
 def fetch(url: str, dest: str, *, retries: int = 4, backoff: float = 2.0, timeout: float = 30.0,
           progress: Progress | None = None) -> None:
-    """Copy `url` (http(s), file:// or a local path) to `dest`, retrying transient failures."""
+    """Copy `url` (http(s), file:// or a local path) to `dest`, retrying transient failures.
+
+    Messages and logs name the URL without its credentials (taxi.urls.redact)."""
     parsed = urlparse(url)
     if parsed.scheme in ("http", "https"):
         for attempt in range(1, retries + 2):
@@ -90,9 +98,10 @@ def fetch(url: str, dest: str, *, retries: int = 4, backoff: float = 2.0, timeou
                 return
             except TransientSourceError as exc:
                 if attempt > retries:
-                    raise TransientSourceError(f"{exc} (gave up after {attempt} attempts)") from exc
+                    raise type(exc)(f"{exc} (gave up after {attempt} attempts)") from None
                 delay = backoff * 2 ** (attempt - 1)
-                log.warning("download of %s failed (%s); retry %d/%d in %.1fs", url, exc, attempt, retries, delay)
+                log.warning("download of %s failed (%s); retry %d/%d in %.1fs", redact(url), exc.reason, attempt,
+                            retries, delay)
                 time.sleep(delay)
     path = unquote(parsed.path) if parsed.scheme == "file" else url
     if not os.path.exists(path):
@@ -101,21 +110,23 @@ def fetch(url: str, dest: str, *, retries: int = 4, backoff: float = 2.0, timeou
 
 
 def _fetch_http(url: str, dest: str, timeout: float, progress: Progress | None) -> None:
+    shown = redact(url)
     try:
         # identity: the file's own bytes, so Content-Length counts exactly what is written (a server that gzips
         # every type would otherwise send a compressed length for a decompressed body)
         with requests.get(url, stream=True, timeout=timeout, headers={"Accept-Encoding": "identity"}) as resp:
             if resp.status_code == 404:
                 raise MonthNotPublished(
-                    f"HTTP 404 for {url}: the month is not published at the source (or not in the mirror)"
+                    f"HTTP 404 for {shown}: the month is not published at the source (or not in the mirror)"
                 )
             if resp.status_code == 403:  # S3 behind CloudFront answers 403 for a missing key when listing is denied
                 raise MonthNotPublished(
-                    f"HTTP 403 for {url}: the month is not published at the source, or the source denies access"
+                    f"HTTP 403 for {shown}: the month is not published at the source, or the source denies access"
                 )
             if resp.status_code >= 500 or resp.status_code == 429:
-                raise TransientSourceError(f"HTTP {resp.status_code} from {url}")
-            resp.raise_for_status()
+                raise _transient(f"HTTP {resp.status_code} from {shown}", f"HTTP {resp.status_code}")
+            if resp.status_code >= 400:
+                raise DataError(f"HTTP {resp.status_code} {resp.reason} for {shown}: check [taxi] source")
             total = int(resp.headers["Content-Length"]) if "Content-Length" in resp.headers else None
             done = 0
             with open(dest, "wb") as out:
@@ -124,10 +135,38 @@ def _fetch_http(url: str, dest: str, timeout: float, progress: Progress | None) 
                     done += len(chunk)
                     if progress:
                         progress(done, total)
-    except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
-        raise TransientSourceError(f"{type(exc).__name__} while reading {url}: {exc}") from exc
+    except requests.ConnectionError as exc:
+        reason = _unreachable_reason(exc)
+        if reason:
+            host = urlparse(url).hostname
+            raise _transient(f"cannot reach {host} for {shown} ({reason}); offline? set [taxi] source or TAXI_SOURCE "
+                             f"to a mirror folder of TLC files", reason, SourceUnreachable) from None
+        raise _transient(f"{type(exc).__name__} while reading {shown}: {redact_text(str(exc), url)}",
+                         type(exc).__name__) from None
+    except (requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+        raise _transient(f"{type(exc).__name__} while reading {shown}: {redact_text(str(exc), url)}",
+                         type(exc).__name__) from None
     if total is not None and done != total:
-        raise TransientSourceError(f"short body from {url}: {done} of {total} bytes")
+        raise _transient(f"short body from {shown}: {done} of {total} bytes", f"short body, {done} of {total} bytes")
+
+
+def _transient(message: str, reason: str, kind: type[TransientSourceError] = TransientSourceError):
+    """A TransientSourceError whose `reason` is the few words a retry warning shows."""
+    exc = kind(message)
+    exc.reason = reason
+    return exc
+
+
+def _unreachable_reason(exc: requests.ConnectionError) -> str | None:
+    """A few words when no connection was made at all (name resolution, refused, unreachable); None otherwise."""
+    import urllib3.exceptions
+
+    cause = getattr(exc.args[0], "reason", None) if exc.args else None
+    if isinstance(cause, urllib3.exceptions.NameResolutionError):
+        return "name resolution failed"
+    if isinstance(cause, urllib3.exceptions.NewConnectionError):
+        return str(cause).rsplit(": ", 1)[-1]  # e.g. "[Errno 111] Connection refused"
+    return None
 
 
 def sha256(path: str) -> str:
@@ -195,9 +234,9 @@ def clean_trips(df: pd.DataFrame, color: str, *, what: str = "month",
 
     # positional takes on the arrays: boolean indexing of the Series would also build a 3 M-row index per column
     pu_ids, do_ids = (pd.Series(df[column].array.take(kept)) for column in ("PULocationID", "DOLocationID"))
-    pu, do = _zone_str(pu_ids), _zone_str(do_ids)
+    pu, do = zone_str(pu_ids), zone_str(do_ids)
     out = pd.DataFrame({"PULocationID": pu, "DOLocationID": do, "trip_distance": distance[kept],
-                        "duration": duration[kept], "PU_DO": pu + "_" + do})
+                        "duration": duration[kept], "PU_DO": pu_do(pu, do)})
 
     unknown = int((~pu_ids.between(*KNOWN_ZONES)).sum() + (~do_ids.between(*KNOWN_ZONES)).sum())
     if unknown:
@@ -212,8 +251,14 @@ def clean_trips(df: pd.DataFrame, color: str, *, what: str = "month",
     return out, stats
 
 
-def _zone_str(zone: pd.Series) -> pd.Series:
-    """Zone ids as strings whatever their integer/float dtype ('43', never '43.0')."""
+def zone_str(zone: pd.Series) -> pd.Series:
+    """Zone ids as strings whatever their integer/float/string dtype ('43', never '43.0'): the one rule for cleaning
+    and serving."""
     if pd.api.types.is_float_dtype(zone):
         zone = zone.astype("Int64")
     return zone.astype(str)
+
+
+def pu_do(pu: pd.Series, do: pd.Series) -> pd.Series:
+    """The pickup-dropoff pair feature from zone-id strings: '43_151'."""
+    return pu + "_" + do

@@ -2,76 +2,205 @@
 
 from __future__ import annotations
 
+import fcntl
+import json
 import logging
-from typing import Callable
-from urllib.parse import urlparse
+import os
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterator
 
 import mlflow
 import requests
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from sqlalchemy.engine import make_url
+
+from taxi.urls import redact, split_credentials
 
 log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+DECISION_TAG = "taxi.decision"  # on a model version: the decision made for it, written before the alias moves
+TASK_TAG = "taxi.task_id"  # on a run: the Luigi task that logged it
 
 
 class TrackingUnavailable(RuntimeError):
     """The MLflow tracking server cannot be reached."""
 
 
+class RegistryError(RuntimeError):
+    """The registry answered with an error: nothing was decided, the alias did not move."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Where a version's alias goes, and the champion it was compared with (None: there was none)."""
+
+    alias: str
+    previous_champion_version: int | None
+    previous_champion_val_rmse: float | None
+
+
 def model_name(color: str) -> str:
     return f"taxi-duration-{color}"
 
 
-def connect(tracking_uri: str, experiment: str, artifact_location: str | None = None) -> None:
-    """Point mlflow at `tracking_uri` (failing fast and clearly if a server is down) and pick the experiment.
+def connect(tracking_uri: str, experiment: str, artifact_location: str | None = None) -> str:
+    """Point mlflow at `tracking_uri` (failing fast and clearly if a server is down), pick the experiment and return
+    the URI without credentials, the only form that is ever logged or recorded.
 
+    Credentials in the URI (`https://user:password@host`) move to MLflow's own MLFLOW_TRACKING_USERNAME/PASSWORD.
     `artifact_location` applies to a new experiment on a local database; a server decides its own.
     """
-    server = urlparse(tracking_uri).scheme in ("http", "https")
+    tracking_uri, credentials = split_credentials(tracking_uri)
+    if credentials:
+        os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = credentials
+    server = tracking_uri.split(":", 1)[0] in ("http", "https")
     if server:
+        auth = credentials or _env_credentials()
         try:
-            requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=5).raise_for_status()
+            requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=5, auth=auth).raise_for_status()
         except requests.RequestException as exc:
             raise TrackingUnavailable(
                 f"MLflow tracking server {tracking_uri} is not reachable ({type(exc).__name__}); start it "
                 f"(scripts/services start) or set [mlflow] tracking_uri / MLFLOW_TRACKING_URI"
-            ) from exc
-    mlflow.set_tracking_uri(tracking_uri)
-    if mlflow.get_experiment_by_name(experiment) is None and artifact_location and not server:
-        mlflow.create_experiment(experiment, artifact_location=artifact_location)
-    mlflow.set_experiment(experiment)
+            ) from None
+    with local_registry_lock(tracking_uri):  # two processes creating one new sqlite database at once fail
+        mlflow.set_tracking_uri(tracking_uri)
+        if mlflow.get_experiment_by_name(experiment) is None and artifact_location and not server:
+            mlflow.create_experiment(experiment, artifact_location=artifact_location)
+        mlflow.set_experiment(experiment)
+        MlflowClient().search_registered_models(max_results=1)  # creates the registry's tables too
+    return tracking_uri
+
+
+def _env_credentials() -> tuple[str, str] | None:
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    return (user, password) if user and password else None
+
+
+def local_database(tracking_uri: str) -> str | None:
+    """The file of a sqlite tracking URI (None for a server or another database)."""
+    if not tracking_uri.startswith("sqlite:"):
+        return None
+    return make_url(tracking_uri).database or None
+
+
+@contextmanager
+def local_registry_lock(tracking_uri: str) -> Iterator[None]:
+    """An exclusive lock on `<database>.lock` beside a sqlite tracking database, for every process on this machine
+    that uses it; a no-op for a tracking server, where the scheduler's `mlflow_registry` resource serialises."""
+    database = local_database(tracking_uri)
+    if database is None or database == ":memory:":
+        yield
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
+    with open(f"{database}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def register(name: str, run_id: str, model_uri: str, val_rmse: float,
-             score_champion: Callable[[str], float]) -> dict:
-    """Register the run's model (once per run), make it champion if it beats the current one, else challenger."""
+             score_version: Callable[[str], float]) -> dict:
+    """Register the run's model (once per run), make it champion if it beats the current champion, else challenger.
+
+    `score_version(models_uri)` scores a registered version on this model's validation month. Only "no such
+    model" or "no champion alias" means there is no champion; any other registry error raises RegistryError
+    before the alias moves."""
     client = MlflowClient()
+    with local_registry_lock(mlflow.get_tracking_uri()):
+        champion = _champion_version(client, name)
+        version = _version_of_run(client, name, run_id) or _create_version(client, name, run_id, model_uri)
+        decision = _recorded_decision(version, champion)
+        if decision is None:
+            if champion is None:
+                decision = Decision(CHAMPION, None, None)
+            else:
+                champion_rmse = score_version(f"models:/{name}/{champion}")
+                decision = Decision(CHAMPION if val_rmse < champion_rmse else CHALLENGER, champion, champion_rmse)
+            # recorded before the alias moves, so that a rerun after a crash reports what this run compared with
+            _call(f"record the decision on {name} v{version.version}", client.set_model_version_tag, name,
+                  version.version, DECISION_TAG, json.dumps(asdict(decision)))
+        _call(f"set the {decision.alias} alias of {name}", client.set_registered_model_alias, name, decision.alias,
+              version.version)
+    previous = decision.previous_champion_version
+    log.info("%s version %s is now %s (val_rmse %.4f, champion before: %s)", name, version.version, decision.alias,
+             val_rmse, "none" if previous is None else f"v{previous} {decision.previous_champion_val_rmse:.4f}")
+    return {"name": name, "version": int(version.version), "run_id": run_id, "model_uri": model_uri,
+            "val_rmse": val_rmse, "decision": decision.alias, "previous_champion_version": previous,
+            "previous_champion_val_rmse": decision.previous_champion_val_rmse}
+
+
+def _call(what: str, method: Callable, *args):
+    """`method(*args)`, with any MLflow error turned into a RegistryError that says what could not be done."""
     try:
-        client.get_registered_model(name)
-    except MlflowException:
-        client.create_registered_model(name, description="NYC taxi trip duration (minutes), trained by taxi")
-    existing = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
-    version = existing[0] if existing else mlflow.register_model(model_uri, name)
-    champion_rmse = None
+        return method(*args)
+    except MlflowException as exc:
+        raise _registry_error(what, exc) from None
+
+
+def _registry_error(what: str, exc: MlflowException) -> RegistryError:
+    return RegistryError(f"cannot {what} at {redact(mlflow.get_tracking_uri())}: {exc.message}; the champion "
+                         f"alias did not move: fix the tracking server and rerun")
+
+
+def _version_of_run(client: MlflowClient, name: str, run_id: str):
+    """The version already registered for `run_id` (a rerun after a crash), if any."""
+    existing = _call(f"search the versions of {name}", client.search_model_versions,
+                     f"name='{name}' and run_id='{run_id}'")
+    return existing[0] if existing else None
+
+
+def _create_version(client: MlflowClient, name: str, run_id: str, model_uri: str):
+    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+    return client.create_model_version(name, model_uri, run_id=run_id, model_id=model_id)
+
+
+def _champion_version(client: MlflowClient, name: str) -> int | None:
+    """The version the champion alias points at; None only when the model or the alias does not exist (the model
+    is then created). Any other error raises RegistryError."""
     try:
-        champion = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        champion = None
-    if champion is not None and champion.version == version.version:
-        decision = CHAMPION  # a rerun after a crash that followed the alias update
-        champion_rmse = val_rmse
-    elif champion is None:
-        decision = CHAMPION
-    else:
-        champion_rmse = score_champion(f"models:/{name}@{CHAMPION}")
-        decision = CHAMPION if val_rmse < champion_rmse else CHALLENGER
-    client.set_registered_model_alias(name, decision, version.version)
-    log.info("%s version %s is now %s (val_rmse %.4f, champion before: %s)", name, version.version, decision,
-             val_rmse, "none" if champion is None else f"v{champion.version} {champion_rmse:.4f}")
-    return {
-        "name": name, "version": int(version.version), "run_id": run_id, "model_uri": model_uri,
-        "val_rmse": val_rmse, "previous_champion_version": None if champion is None else int(champion.version),
-        "previous_champion_val_rmse": champion_rmse, "decision": decision,
-    }
+        model = client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise _registry_error(f"read the {CHAMPION} alias of {name}", exc) from None
+        _call(f"create registered model {name}", client.create_registered_model, name,
+              None, "NYC taxi trip duration (minutes), trained by taxi")
+        return None
+    version = model.aliases.get(CHAMPION)
+    return None if version is None else int(version)
+
+
+def _recorded_decision(version, champion: int | None) -> Decision | None:
+    """The decision an earlier attempt recorded for this version, if the champion is still the one it compared with
+    (or is this version): then the rerun finishes that decision instead of comparing the model with itself."""
+    recorded = version.tags.get(DECISION_TAG)
+    if recorded is None:
+        return None
+    decision = Decision(**json.loads(recorded))
+    return decision if champion in (decision.previous_champion_version, int(version.version)) else None
+
+
+def end_stale_runs(experiment: str, task_id: str) -> list[str]:
+    """Mark KILLED what an earlier, interrupted attempt of this Luigi task left in `experiment`: runs still RUNNING,
+    and finished top-level runs that no model version uses (killed between logging and writing the task's target).
+    Returns their ids."""
+    client = MlflowClient()
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    stale = []
+    for run in client.search_runs([found.experiment_id], f"tags.`{TASK_TAG}` = '{task_id}'", max_results=10_000):
+        run_id, status = run.info.run_id, run.info.status
+        orphan = (status == "FINISHED" and "mlflow.parentRunId" not in run.data.tags
+                  and not client.search_model_versions(f"run_id='{run_id}'"))
+        if status == "RUNNING" or orphan:
+            client.set_terminated(run_id, "KILLED")
+            stale.append(run_id)
+    if stale:
+        log.info("marked %d run(s) of an interrupted attempt of %s KILLED: %s", len(stale), task_id, ", ".join(stale))
+    return stale

@@ -44,6 +44,17 @@ def plots(y_true: np.ndarray, y_pred: np.ndarray, importances: dict[str, float],
     return dict(zip(PLOTS, (predicted_vs_actual, residuals, importance)))
 
 
+def _decision_text(reg: dict, valid_month: str) -> str:
+    """What the decision did to the aliases, and why."""
+    previous = reg["previous_champion_version"]
+    if previous is None:
+        return "there was no champion, so this version is the champion"
+    scores = f"{reg['val_rmse']:.4f} against {reg['previous_champion_val_rmse']:.4f} on {valid_month}"
+    if reg["decision"] == "champion":
+        return f"it beats champion v{previous} ({scores}) and takes the champion alias"
+    return f"champion v{previous} stays ({scores}); this version takes the challenger alias"
+
+
 def markdown(summary: dict) -> str:
     """The run summary as markdown: data, scores, champion decision, parameters and timings."""
     reg, data = summary["registration"], summary["data"]
@@ -69,7 +80,8 @@ def markdown(summary: dict) -> str:
         f"| validation | {reg['val_rmse']:.4f} |",
         f"| champion before this run, same validation month | {champion} |",
         "",
-        f"Decision: **{reg['decision']}** (run `{reg['run_id']}`, model `{reg['model_uri']}`).",
+        f"Decision: **{reg['decision']}**: {_decision_text(reg, data['valid_month'])} (run `{reg['run_id']}`, "
+        f"model `{reg['model_uri']}`).",
         "",
         f"## Best parameters ({summary['tuning']['trials']} trials, {summary['tuning']['num_boost_round']} rounds)",
         "",

@@ -7,15 +7,19 @@ instance role), and so do retries (botocore's standard mode: 3 attempts; AWS_MAX
 
 from __future__ import annotations
 
+import atexit
+import errno
 import functools
 import io
 import json
 import os
 import pickle
+import re
 import shutil
+import socket
 import tempfile
-from contextlib import contextmanager
-from typing import Any, Iterator
+from contextlib import contextmanager, suppress
+from typing import IO, Any, Iterator
 
 import botocore.exceptions
 import luigi
@@ -48,7 +52,57 @@ def target(store: str, relpath: str) -> luigi.Target:
     """The one place that decides local vs S3: every task output is `target(store, relpath)`."""
     if is_s3(store):
         return StoreS3Target(f"{store.rstrip('/')}/{relpath}", format=luigi.format.Nop, client=s3_client())
-    return luigi.LocalTarget(os.path.join(store, relpath), format=luigi.format.Nop)
+    return StoreLocalTarget(os.path.join(store, relpath), store)
+
+
+class StoreLocalTarget(luigi.LocalTarget):
+    """A file under the store folder (bytes as they are); `store` is the folder, for error messages."""
+
+    def __init__(self, path: str, store: str):
+        super().__init__(path, format=luigi.format.Nop)
+        self.store = store
+
+
+# what a full, read-only or forbidden store answers; any other OSError is not the store's
+_STORE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+
+
+@contextmanager
+def open_for_write(tgt: luigi.Target) -> Iterator[IO[bytes]]:
+    """The target open for writing; it appears at its path, whole, only when the block ends without error. A full
+    or unwritable store folder fails naming the target and the reason (luigi's LocalTarget ignores a failure to
+    create its folder, then reports its temporary file as missing)."""
+    if not isinstance(tgt, StoreLocalTarget):
+        with tgt.open("w") as f:
+            yield f
+        return
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(tgt.path)), exist_ok=True)
+        f = tgt.open("w")
+    except OSError as exc:
+        raise _unwritable(tgt, exc) from None
+    try:
+        yield f
+        f.close()  # moves the temporary file into place
+    except BaseException as exc:
+        _discard(f)
+        if isinstance(exc, OSError) and exc.errno in _STORE_ERRNOS:
+            raise _unwritable(tgt, exc) from None
+        raise
+
+
+def _unwritable(tgt: StoreLocalTarget, exc: OSError) -> OSError:
+    return OSError(exc.errno, f"cannot write {tgt.path} into [taxi] store {tgt.store}: {exc.strerror}")
+
+
+def _discard(f) -> None:
+    """Drop an unfinished atomic file: its temporary file goes, nothing reaches the target path."""
+    try:
+        io.BufferedWriter.close(f)  # not f.close(), which would move the temporary file into place
+    except OSError:
+        pass
+    with suppress(FileNotFoundError):
+        os.remove(f.tmp_path)
 
 
 def s3_client() -> S3Client:
@@ -145,12 +199,17 @@ def fetch_s3(url: str, path: str) -> None:
 
 def put_file(path: str, tgt: luigi.Target) -> None:
     """Copy a finished local file into place atomically."""
-    with open(path, "rb") as src, tgt.open("w") as dst:
+    with open(path, "rb") as src, open_for_write(tgt) as dst:
         shutil.copyfileobj(src, dst, 1 << 20)
 
 
+def write_bytes(content: bytes, tgt: luigi.Target) -> None:
+    with open_for_write(tgt) as f:
+        f.write(content)
+
+
 def write_parquet(df: pd.DataFrame, tgt: luigi.Target) -> None:
-    with tgt.open("w") as f:
+    with open_for_write(tgt) as f:
         df.to_parquet(f, index=False)
 
 
@@ -177,8 +236,7 @@ def parquet_is_whole(tgt: luigi.Target) -> bool:
 
 
 def write_json(obj: Any, tgt: luigi.Target) -> None:
-    with tgt.open("w") as f:
-        f.write(json.dumps(obj, indent=2, sort_keys=True).encode())
+    write_bytes(json.dumps(obj, indent=2, sort_keys=True).encode(), tgt)
 
 
 def read_json(tgt: luigi.Target) -> Any:
@@ -191,8 +249,7 @@ def read_json(tgt: luigi.Target) -> Any:
 
 
 def write_pickle(obj: Any, tgt: luigi.Target) -> None:
-    with tgt.open("w") as f:
-        pickle.dump(obj, f)
+    write_bytes(pickle.dumps(obj), tgt)
 
 
 def read_pickle(tgt: luigi.Target) -> Any:
@@ -212,3 +269,51 @@ def read_bytes(tgt: luigi.Target) -> io.BytesIO:
 
 def _corrupt(tgt: luigi.Target, exc: Exception) -> CorruptTarget:
     return CorruptTarget(f"cached target {tgt.path} is unreadable ({exc}); delete it and rerun to rebuild it")
+
+
+# --- temporary files ---
+
+_PRIVATE_TMP = re.compile(r"taxi-run-(?P<host>.+)-(?P<pid>\d+)$")
+_private_tmp: str | None = None
+
+
+def use_private_tmp() -> str:
+    """Send this process's temporary files (this package's, luigi's, MLflow's) to `$TMPDIR/taxi-run-HOST-PID`,
+    removed when the process exits; first remove the folders that processes of this host killed before their exit
+    left behind. Idempotent; a forked worker keeps its parent's folder."""
+    global _private_tmp
+    if _private_tmp is not None:
+        return _private_tmp
+    base = tempfile.gettempdir()
+    sweep_dead_tmp(base)
+    _private_tmp = os.path.join(base, f"taxi-run-{socket.gethostname()}-{os.getpid()}")
+    os.makedirs(_private_tmp, exist_ok=True)
+    tempfile.tempdir = os.environ["TMPDIR"] = _private_tmp
+    atexit.register(_remove_private_tmp, os.getpid())
+    return _private_tmp
+
+
+def _remove_private_tmp(owner: int) -> None:
+    if os.getpid() == owner and _private_tmp:
+        shutil.rmtree(_private_tmp, ignore_errors=True)
+
+
+def sweep_dead_tmp(base: str) -> list[str]:
+    """Remove the `taxi-run-HOST-PID` folders under `base` of this host's processes that no longer exist."""
+    host, removed = socket.gethostname(), []
+    for name in os.listdir(base):
+        found = _PRIVATE_TMP.match(name)
+        if found and found["host"] == host and not _alive(int(found["pid"])):
+            shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+            removed.append(name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True

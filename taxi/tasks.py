@@ -16,6 +16,7 @@ import luigi.configuration
 from tqdm import tqdm
 
 from taxi import data, report, storage
+from taxi.urls import redact
 from taxi.tuning import TuningSettings
 
 # mlflow, xgboost, sklearn and matplotlib take seconds to import: the modules that need them are imported
@@ -50,6 +51,12 @@ def _read_project_defaults() -> None:
 
 _read_project_defaults()
 
+@luigi.Task.event_handler(luigi.Event.START)
+def _use_private_tmp(task: luigi.Task) -> None:
+    """Every temporary file of a run goes to a folder of its own, removed at exit; killed runs' folders are swept."""
+    storage.use_private_tmp()
+
+
 FEATURES_VERSION = "v1"  # bump when the features or the cleaning rules change
 MODEL_VERSION = "v1"  # bump when training or the logged model changes
 
@@ -72,6 +79,15 @@ class TaxiConfig(luigi.Config):
     def nthread(self) -> int:
         return self.threads or os.cpu_count() or 1
 
+    def validate(self) -> None:
+        """Reject settings that would fail later in a misleading way (a negative retry count reads as 'no file')."""
+        for name, value, least in (("download_retries", self.download_retries, 0), ("threads", self.threads, 0),
+                                   ("retry_backoff", self.retry_backoff, 0)):
+            if value < least:
+                raise ValueError(f"[taxi] {name} must be at least {least}, got {value}")
+        if self.download_timeout <= 0:
+            raise ValueError(f"[taxi] download_timeout must be more than 0 seconds, got {self.download_timeout}")
+
 
 class MlflowConfig(luigi.Config):
     """The `[mlflow]` section: tracking server (or local sqlite file) and experiment."""
@@ -85,14 +101,20 @@ class MlflowConfig(luigi.Config):
         return "mlflow"
 
     def connect(self) -> str:
+        """Point mlflow at the tracking URI and experiment; return the URI without credentials."""
         from taxi import registry
 
         uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
         location = self.artifact_location or None
         if location and "://" not in location:
             location = os.path.abspath(location)
-        registry.connect(uri, self.experiment, location)
-        return uri
+        return registry.connect(uri, self.experiment, location)
+
+    def end_stale_runs(self, task: luigi.Task) -> None:
+        """Mark KILLED the MLflow runs an interrupted earlier attempt of `task` left open or orphaned."""
+        from taxi import registry
+
+        registry.end_stale_runs(self.experiment, task.task_id)
 
 
 def month_str(year: int, month: int) -> str:
@@ -110,6 +132,7 @@ class MonthTask(luigi.Task):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         data.validate_month(self.color, self.year, self.month, needs_next_month=self.needs_next_month)
+        TaxiConfig().validate()
 
     @property
     def ym(self) -> str:
@@ -143,16 +166,17 @@ class DownloadMonth(MonthTask):
                                timeout=cfg.download_timeout, progress=self._progress(url))
             except data.MonthNotPublished as exc:
                 raise data.MonthNotPublished(f"{self.color} {self.ym}: {exc}") from None
-            rows = data.check_raw(path, self.color, f"downloaded file {url}")
-            meta = {"source_url": url, "sha256": data.sha256(path), "bytes": os.path.getsize(path), "rows": rows,
-                    "month": self.ym, "seconds": round(time.monotonic() - started, 3)}
-            put_in_store(path, self.output()["data"], cfg.store)
+            rows = data.check_raw(path, self.color, f"downloaded file {redact(url)}")
+            meta = {"source_url": redact(url), "sha256": data.sha256(path), "bytes": os.path.getsize(path),
+                    "rows": rows, "month": self.ym, "seconds": round(time.monotonic() - started, 3)}
+            storage.put_file(path, self.output()["data"])
         storage.write_json(meta, self.output()["meta"])
 
     def _progress(self, url: str):
         """A tqdm bar on a terminal, else a Luigi status message every 10%."""
+        url = redact(url)
         if sys.stderr.isatty():
-            bar = tqdm(desc=os.path.basename(url), unit="B", unit_scale=True)
+            bar = tqdm(desc=data.tlc_filename(self.color, self.year, self.month), unit="B", unit_scale=True)
 
             def show(done: int, total: int | None) -> None:
                 bar.total = total
@@ -166,19 +190,6 @@ class DownloadMonth(MonthTask):
                 self.set_status_message(f"downloading {url}: {done:,} of {total:,} bytes")
                 self.set_progress_percentage(10 * tenth)
         return report_status
-
-
-def put_in_store(path: str, tgt: luigi.Target, store: str) -> None:
-    """Copy a finished local file into the store; a full or unwritable folder fails naming the target and the reason
-    (luigi's LocalTarget ignores a failure to create its folder, then reports its temporary file as missing)."""
-    if not isinstance(tgt, luigi.LocalTarget):
-        storage.put_file(path, tgt)
-        return
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(tgt.path)), exist_ok=True)
-        storage.put_file(path, tgt)
-    except OSError as exc:
-        raise OSError(exc.errno, f"cannot write {tgt.path} into [taxi] store {store}: {exc.strerror}") from None
 
 
 class CleanMonth(MonthTask):
@@ -248,7 +259,7 @@ class BuildFeatures(TrainingTask):
                                                                         features.TARGET])
         vectorizer = features.fit_vectorizer(train_df)
         for key, df in (("train", train_df), ("valid", valid_df)):
-            with self.output()[key].open("w") as f:
+            with storage.open_for_write(self.output()[key]) as f:
                 features.save_matrix(features.transform(vectorizer, df), features.target(df), f)
         storage.write_pickle(vectorizer, self.output()["vectorizer"])
 
@@ -311,10 +322,14 @@ class TuneHyperparams(TrainingTask):
 
         started = time.monotonic()
         _, X_train, y_train, X_valid, y_valid = load_features(self.input())
-        MlflowConfig().connect()
-        with mlflow.start_run(run_name=f"tune {self.color} {self.ym}", tags={"taxi.stage": "tuning"}):
+        tracking = MlflowConfig()
+        tracking.connect()
+        tracking.end_stale_runs(self)
+        tags = run_tags(self)
+        with mlflow.start_run(run_name=f"tune {self.color} {self.ym}", tags={**tags, "taxi.stage": "tuning"}):
             mlflow.log_params({k: v for k, v in vars(self.settings()).items()})
-            result = tuning.tune(X_train, y_train, X_valid, y_valid, self.settings(), on_trial=self._report)
+            result = tuning.tune(X_train, y_train, X_valid, y_valid, self.settings(), on_trial=self._report,
+                                 trial_tags=tags)
         storage.write_json({**result, "seed": self.seed, "seconds": round(time.monotonic() - started, 3)},
                            self.output())
 
@@ -348,25 +363,25 @@ class TrainModel(TrainingTask):
         vectorizer, X_train, y_train, X_valid, y_valid = load_features(self.input()["features"])
         best = storage.read_json(self.input()["params"])
         stats = {key: storage.read_json(out["stats"]) for key, out in self.input()["clean"].items()}
-        nthread = TaxiConfig().nthread
-        booster = training.train_booster(X_train, y_train, best["params"], best["num_boost_round"], best["seed"],
-                                         nthread)
-        train_rmse = training.rmse(y_train, training.predict(booster, X_train))
-        val_rmse = training.rmse(y_valid, training.predict(booster, X_valid))
-        MlflowConfig().connect()
-        with mlflow.start_run(run_name=f"train {self.color} {self.ym}") as run:
-            mlflow.set_tags({"taxi.stage": "training", "color": self.color, **lineage_tags(stats)})
-            mlflow.log_params({**best["params"], "num_boost_round": best["num_boost_round"], "seed": best["seed"],
-                               "tuning_trials": best["trials"], "features_version": FEATURES_VERSION,
+        tracking = MlflowConfig()
+        tracking.connect()
+        tracking.end_stale_runs(self)
+        tags = {**run_tags(self), "taxi.stage": "training", "color": self.color, **lineage_tags(stats)}
+        with mlflow.start_run(run_name=f"train {self.color} {self.ym}", tags=tags) as run:  # open while training
+            mlflow.log_params({"tuning_trials": best["trials"], "features_version": FEATURES_VERSION,
                                "model_version": MODEL_VERSION})
-            mlflow.log_metrics({"train_rmse": train_rmse, "val_rmse": val_rmse})
-            mlflow.log_dict(vectorizer.vocabulary_, "preprocessor/vocabulary.json")
-            model_uri = training.log_model(booster, vectorizer)
-        with self.output()["booster"].open("w") as f:
-            f.write(booster.save_raw("ubj"))
-        storage.write_json({"run_id": run.info.run_id, "model_uri": model_uri, "train_rmse": train_rmse,
-                            "val_rmse": val_rmse, "seconds": round(time.monotonic() - started, 3)},
+            booster, scores = training.train_and_log(X_train, y_train, X_valid, y_valid, vectorizer, best,
+                                                     TaxiConfig().nthread)
+        storage.write_bytes(booster.save_raw("ubj"), self.output()["booster"])
+        storage.write_json({"run_id": run.info.run_id, **scores, "seconds": round(time.monotonic() - started, 3)},
                            self.output()["run"])
+
+
+def run_tags(task: luigi.Task) -> dict[str, str]:
+    """Tags on every MLflow run a task opens: which task made it, so a rerun can end what a killed attempt left."""
+    from taxi import registry
+
+    return {registry.TASK_TAG: task.task_id}
 
 
 def lineage_tags(stats: dict[str, dict]) -> dict[str, str]:
@@ -407,11 +422,11 @@ class RegisterModel(TrainingTask):
         fields = valid_df[["PULocationID", "DOLocationID", "trip_distance"]].astype(
             {"PULocationID": "int64", "DOLocationID": "int64"})
 
-        def score_champion(uri: str) -> float:
+        def score_version(uri: str) -> float:
             return training.rmse(valid_df["duration"], mlflow.pyfunc.load_model(uri).predict(fields))
 
         registration = registry.register(registry.model_name(self.color), trained["run_id"], trained["model_uri"],
-                                         trained["val_rmse"], score_champion)
+                                         trained["val_rmse"], score_version)
         registration["tracking_uri"] = tracking_uri
         self._write_report(trained, registration, valid_df, started)
         storage.write_json(registration, self.output()["registration.json"])

@@ -14,7 +14,7 @@ import xgboost as xgb
 from mlflow.models import infer_signature
 from sklearn.feature_extraction import DictVectorizer
 
-from taxi import features
+from taxi import data, features
 from taxi.tuning import booster_params
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -74,9 +74,8 @@ def prepare_raw(trips: pd.DataFrame) -> pd.DataFrame:
     missing = {"PULocationID", "DOLocationID", "trip_distance"} - set(trips.columns)
     if missing:
         raise ValueError(f"input lacks column(s) {', '.join(sorted(missing))}")
-    pu, do = (trips[c].astype("Int64").astype(str) if pd.api.types.is_float_dtype(trips[c])
-              else trips[c].astype(str) for c in ("PULocationID", "DOLocationID"))
-    return pd.DataFrame({"PU_DO": pu + "_" + do, "trip_distance": trips["trip_distance"].astype("float64")})
+    pu, do = data.zone_str(trips["PULocationID"]), data.zone_str(trips["DOLocationID"])
+    return pd.DataFrame({"PU_DO": data.pu_do(pu, do), "trip_distance": trips["trip_distance"].astype("float64")})
 
 
 class TripDurationModel(mlflow.pyfunc.PythonModel):
@@ -90,6 +89,18 @@ class TripDurationModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
         return predict(self.booster, features.transform(self.vectorizer, prepare_raw(model_input)))
+
+
+def train_and_log(X_train: sp.csr_matrix, y_train: np.ndarray, X_valid: sp.csr_matrix, y_valid: np.ndarray,
+                  vectorizer: DictVectorizer, best: dict, nthread: int) -> tuple[xgb.Booster, dict]:
+    """Train the final booster with the tuned parameters inside the active MLflow run; log its parameters, RMSEs,
+    vocabulary and the pyfunc model. Returns the booster and {train_rmse, val_rmse, model_uri}."""
+    mlflow.log_params({**best["params"], "num_boost_round": best["num_boost_round"], "seed": best["seed"]})
+    booster = train_booster(X_train, y_train, best["params"], best["num_boost_round"], best["seed"], nthread)
+    scores = {"train_rmse": rmse(y_train, predict(booster, X_train)), "val_rmse": rmse(y_valid, predict(booster, X_valid))}
+    mlflow.log_metrics(scores)
+    mlflow.log_dict(vectorizer.vocabulary_, "preprocessor/vocabulary.json")
+    return booster, {**scores, "model_uri": log_model(booster, vectorizer)}
 
 
 def log_model(booster: xgb.Booster, vectorizer: DictVectorizer) -> str:

@@ -62,7 +62,7 @@ def subsample(X: sp.csr_matrix, y: np.ndarray, rows: int, seed: int) -> tuple[sp
 
 
 def tune(X_train: sp.csr_matrix, y_train: np.ndarray, X_valid: sp.csr_matrix, y_valid: np.ndarray,
-         settings: TuningSettings, on_trial: OnTrial | None = None) -> dict:
+         settings: TuningSettings, on_trial: OnTrial | None = None, trial_tags: dict[str, str] | None = None) -> dict:
     """Run the search inside the active MLflow run; return best params, its RMSE and boosting rounds.
 
     Trials train on at most `sample_rows` training rows and stop early on at most `sample_rows` validation rows."""
@@ -82,7 +82,7 @@ def tune(X_train: sp.csr_matrix, y_train: np.ndarray, X_valid: sp.csr_matrix, y_
 
     def objective(point: dict) -> dict:
         params = {k: (int(v) if k == "max_depth" else float(v)) for k, v in point.items()}
-        with mlflow.start_run(nested=True, run_name=f"trial-{len(trials.trials)}"):
+        with mlflow.start_run(nested=True, run_name=f"trial-{len(trials.trials)}", tags=trial_tags):
             mlflow.log_params(params)
             booster = xgb.train(booster_params(params, settings.seed, settings.nthread), train,
                                 num_boost_round=settings.num_boost_round, evals=[(valid, "validation")],
