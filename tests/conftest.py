@@ -15,6 +15,8 @@ from pathlib import Path
 
 import luigi
 import luigi.configuration
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import requests
 
@@ -94,6 +96,27 @@ def luigid_service(workdir: Path, port: int | None = None) -> Service:
 def tlc_dir() -> Path:
     assert (TLC_DIR / "green_tripdata_2021-01.parquet").exists(), f"real TLC files expected in {TLC_DIR}"
     return TLC_DIR
+
+
+SAMPLE_ROWS = 8000
+SMALL_MONTH_ROWS = 300  # green 2023-01 in `sampled_tlc`: a month too small to train a good model on
+
+
+def sample_month(source: Path, dest: Path, rows: int, seed: int = 42) -> None:
+    """A fixed random sample of `rows` trips of a TLC file, in the TLC's schema."""
+    table = pq.read_table(source)
+    pq.write_table(table.take(np.sort(np.random.default_rng(seed).choice(table.num_rows, rows, replace=False))),
+                   dest)
+
+
+@pytest.fixture(scope="session")
+def sampled_tlc(tmp_path_factory, tlc_dir) -> Path:
+    """8000 real trips of each green month, except 300 of 2023-01: tests that tune and train several times stay fast,
+    and 2023-01 trains a clearly worse model than 2021-01."""
+    folder = tmp_path_factory.mktemp("sampled-tlc")
+    for path in sorted(tlc_dir.glob("green_tripdata_*.parquet")):
+        sample_month(path, folder / path.name, SMALL_MONTH_ROWS if "2023-01" in path.name else SAMPLE_ROWS)
+    return folder
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -238,25 +237,10 @@ class Pipeline:
                     "2021-01.json": "rows_clean", "2021-02.json": "rows_clean"}[name] in content
 
 
-SAMPLE_ROWS = 8000
-
-
-@pytest.fixture(scope="module")
-def sampled_tlc(tmp_path_factory, tlc_dir) -> Path:
-    """8000 real trips of each of green 2021-01 and 2021-02 (a fixed random sample, the TLC's schema): the sequence
-    below tunes and trains twice each, which on the whole months costs minutes on two busy cores."""
-    folder = tmp_path_factory.mktemp("sampled-tlc")
-    for month in ("2021-01", "2021-02"):
-        name = f"green_tripdata_{month}.parquet"
-        table = pq.read_table(tlc_dir / name)
-        rows = np.sort(np.random.default_rng(42).choice(table.num_rows, SAMPLE_ROWS, replace=False))
-        pq.write_table(table.take(rows), folder / name)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory, sampled_tlc) -> Iterator[Pipeline]:
-    """The whole sequence, each step recorded: kill in download, features, tune, train; finish training; stop
+    """On 8000 real trips of each month (`sampled_tlc`), which tune and train in seconds, the whole sequence, each step
+    recorded: kill in download, features, tune, train; finish training; stop
     MLflow and try to register; restart MLflow; kill in register; rerun to the end. (Cleaning 8000 rows takes
     milliseconds, too short to kill it reliably: test_kill_9_in_clean_of_a_large_month does that.)"""
     workdir = tmp_path_factory.mktemp("faults")

@@ -1,0 +1,187 @@
+"""The champion decision, right under every failure: a real challenger, a rerun after a crash that followed the alias
+move, a registry that answers 500 at the champion lookup, two registrations at the same moment (through a proxy that
+forces the worst interleaving), and two processes that create a new sqlite tracking database at once.
+
+The data is `sampled_tlc`: 8000 real trips of each green month, except 300 of 2023-01, which therefore trains a
+clearly worse model than 2021-01.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import luigi
+import luigi.configuration
+import pytest
+from mlflow.tracking import MlflowClient
+
+from taxi import storage, tasks
+from tests.conftest import ROOT, SMALL_TUNING, mlflow_service, run_luigi, write_config
+from tests.http_proxy import CHAMPION_LOOKUP, SET_ALIAS, Proxy
+from tests.luigi_process import LuigiProcess, private_lock
+
+MODEL = "taxi-duration-green"
+GOOD, WORSE = ("2021", "1"), ("2023", "1")  # WORSE trains on 300 trips
+ONE_TREE = {"max_evals": "1", "num_boost_round": "1"}  # a budget that cannot beat SMALL_TUNING
+
+
+def configure_tuning(**tuning: str) -> None:
+    """SMALL_TUNING changed by `tuning`, for the tasks made from now on (the settings are TuneHyperparams'
+    parameters, so each setting has its own cache key and model folder)."""
+    config = luigi.configuration.get_config()
+    for key, value in {**SMALL_TUNING, "seed": "42", **tuning}.items():
+        config.set("TuneHyperparams", key, value)
+
+
+def register_in_process(**tuning: str) -> tuple[dict, dict]:
+    """RegisterModel for green 2021-01 with SMALL_TUNING changed by `tuning`: (its outputs, its registration)."""
+    configure_tuning(**tuning)
+    task = tasks.RegisterModel(year=2021, month=1)
+    result = luigi.build([task], local_scheduler=True, detailed_summary=True)
+    assert result.status == luigi.execution_summary.LuigiStatusCode.SUCCESS, result.summary_text
+    return task.output(), storage.read_json(task.output()["registration.json"])
+
+
+def aliases(client: MlflowClient) -> dict[str, int]:
+    return {alias: int(version) for alias, version in client.get_registered_model(MODEL).aliases.items()}
+
+
+def decisions(registration: dict) -> tuple:
+    return registration["version"], registration["decision"], registration["previous_champion_version"]
+
+
+def test_gate_makes_a_worse_model_challenger_and_a_better_one_champion(luigi_config, sampled_tlc):
+    luigi.configuration.get_config().set("taxi", "source", str(sampled_tlc))
+    _, first = register_in_process(**ONE_TREE)
+    assert decisions(first) == (1, "champion", None)
+
+    _, better = register_in_process()
+    assert better["val_rmse"] < first["val_rmse"]  # the premise: twenty rounds beat one tree
+    assert decisions(better) == (2, "champion", 1)
+    # the champion was re-scored on this model's validation month: the same month, so its own validation RMSE
+    assert better["previous_champion_val_rmse"] == pytest.approx(first["val_rmse"], rel=1e-9)
+
+    worse_outputs, worse = register_in_process(**ONE_TREE, seed="7")
+    assert worse["val_rmse"] > better["val_rmse"]
+    assert decisions(worse) == (3, "challenger", 2)
+    assert worse["previous_champion_val_rmse"] == pytest.approx(better["val_rmse"], rel=1e-9)
+    client = MlflowClient(luigi_config["mlflow"]["tracking_uri"])
+    assert aliases(client) == {"champion": 2, "challenger": 3}
+    report = open(worse_outputs["report.md"].path).read()
+    assert report.startswith(f"# {MODEL} v3: challenger\n")
+    assert (f"Decision: **challenger**: champion v2 stays ({worse['val_rmse']:.4f} against "
+            f"{better['val_rmse']:.4f} on 2021-02); this version takes the challenger alias") in report
+
+    # a crash after the alias moved, before the outputs were written: the rerun reports what the decision compared
+    # with, not the version itself, and moves no alias
+    for tuning, registration in (({}, better), ({**ONE_TREE, "seed": "7"}, worse)):
+        configure_tuning(**tuning)
+        for target in tasks.RegisterModel(year=2021, month=1).output().values():
+            os.remove(target.path)
+        assert register_in_process(**tuning)[1] == registration
+    assert aliases(client) == {"champion": 2, "challenger": 3}
+    assert len(client.search_model_versions(f"name='{MODEL}'")) == 3
+
+
+@pytest.fixture
+def proxied_mlflow(tmp_path):
+    """A fresh real `mlflow server` and a proxy in front of it; yields (proxy, client of the server itself)."""
+    server = mlflow_service(tmp_path / "mlflow").start()
+    try:
+        with Proxy(server.url) as proxy:
+            yield proxy, MlflowClient(server.url)
+    finally:
+        server.stop()
+
+
+def proxied_config(workdir: Path, source: Path, proxy: Proxy) -> Path:
+    return write_config(workdir / "proxied.cfg", {
+        "taxi": {"source": str(source), "store": str(workdir / "store"), "threads": "1"},
+        "mlflow": {"tracking_uri": proxy.url},
+        "TuneHyperparams": SMALL_TUNING,
+        "core": private_lock(workdir),
+    })
+
+
+def test_registry_error_at_the_champion_lookup_fails_the_task_and_moves_no_alias(tmp_path, sampled_tlc,
+                                                                                proxied_mlflow):
+    proxy, client = proxied_mlflow
+    config = proxied_config(tmp_path, sampled_tlc, proxy)
+    month = ("RegisterModel", "--year", GOOD[0], "--month", GOOD[1])
+    assert run_luigi(tmp_path, config, *month).returncode == 0
+
+    proxy.fail("GET", CHAMPION_LOOKUP, 500)
+    another_model = (*month, "--TuneHyperparams-seed", "7")
+    failed = run_luigi(tmp_path, config, *another_model, env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"})
+    assert failed.returncode == 30, failed.stderr[-3000:]
+    [error] = [line for line in failed.stderr.splitlines() if line.startswith("taxi.registry.RegistryError")]
+    assert error.startswith(f"taxi.registry.RegistryError: cannot read the champion alias of {MODEL} at {proxy.url}: ")
+    assert "500 error responses" in error and error.endswith("the champion alias did not move: fix the tracking "
+                                                             "server and rerun")
+    assert aliases(client) == {"champion": 1}
+    assert len(client.search_model_versions(f"name='{MODEL}'")) == 1
+    assert ("GET", CHAMPION_LOOKUP) in proxy.seen
+
+    proxy.clear()
+    again = run_luigi(tmp_path, config, *another_model)
+    assert again.returncode == 0, again.stderr[-3000:]
+    registration = json.loads(_newest_registration(tmp_path / "store").read_text())
+    assert (registration["version"], registration["previous_champion_version"]) == (2, 1)
+
+
+def _newest_registration(store: Path) -> Path:
+    return max(store.rglob("registration.json"), key=lambda p: p.stat().st_mtime)
+
+
+def test_two_registrations_at_once_leave_the_better_model_champion(tmp_path, sampled_tlc, proxied_mlflow):
+    """`scripts/backfill ... --workers 2` registers two trained months at the same moment. The proxy holds the first
+    alias update until the second arrives and lets the better model's through first, so if both read "no champion"
+    the worse one has the last word. The `mlflow_registry` resource must serialise the decisions."""
+    proxy, client = proxied_mlflow
+    config = proxied_config(tmp_path, sampled_tlc, proxy)
+    for year, month in (GOOD, WORSE):
+        trained = run_luigi(tmp_path, config, "TrainModel", "--year", year, "--month", month)
+        assert trained.returncode == 0, trained.stderr[-3000:]
+
+    def val_rmse(body: bytes) -> float:
+        version = client.get_model_version(MODEL, json.loads(body)["version"])
+        return client.get_run(version.run_id).data.metrics["val_rmse"]
+
+    hold = proxy.hold("POST", SET_ALIAS, count=2, order=val_rmse)
+    done = subprocess.run([str(ROOT / "scripts" / "backfill"), "green", "2021-01", "2023-01", "--workers", "2"],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "LUIGI_CONFIG_PATH": str(config)})
+    assert done.returncode == 20, done.stderr[-3000:]  # [retcode] missing_data: the months between are not there
+    assert "2 RegisterModel(color=green, year=2021, month=1) and RegisterModel(color=green, year=2023, month=1)" \
+        in done.stderr
+    versions = {client.get_run(v.run_id).data.tags["train.month"]: int(v.version)
+                for v in client.search_model_versions(f"name='{MODEL}'")}
+    # either order of the two decisions ends with 2021-01 champion (2023-01 challenger if it came second)
+    assert aliases(client)["champion"] == versions["2021-01"]
+    assert aliases(client).get("challenger", versions["2023-01"]) == versions["2023-01"]
+    assert len(hold.released) == 2
+
+
+def test_two_months_started_at_once_on_a_new_sqlite_database_both_register(tmp_path, sampled_tlc):
+    """Two separate luigi processes (each its own local scheduler) reach MLflow at the same moment with a tracking
+    database that does not exist yet: both create it, register, and the decision lock beside it orders them."""
+    tracking = tmp_path / "tracking" / "mlflow.db"
+    config = write_config(tmp_path / "sqlite.cfg", {
+        "taxi": {"source": str(sampled_tlc), "store": str(tmp_path / "store"), "threads": "1"},
+        "mlflow": {"tracking_uri": f"sqlite:///{tracking}", "artifact_location": str(tmp_path / "artifacts")},
+        "TuneHyperparams": SMALL_TUNING,
+        "core": private_lock(tmp_path),
+    })
+    for year, month in (GOOD, WORSE):  # everything before the first MLflow call
+        assert run_luigi(tmp_path, config, "BuildFeatures", "--year", year, "--month", month).returncode == 0
+    assert not tracking.exists()
+    runs = [LuigiProcess(tmp_path, config, "RegisterModel", "--year", year, "--month", month, name=f"register-{year}")
+            for year, month in (GOOD, WORSE)]
+    assert [run.finish() for run in runs] == [0, 0], "\n".join(run.log[-3000:] for run in runs)
+    client = MlflowClient(f"sqlite:///{tracking}")
+    versions = {client.get_run(v.run_id).data.tags["train.month"]: int(v.version)
+                for v in client.search_model_versions(f"name='{MODEL}'")}
+    assert sorted(versions) == ["2021-01", "2023-01"]
+    assert aliases(client)["champion"] == versions["2021-01"]
