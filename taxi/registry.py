@@ -168,8 +168,11 @@ def _champion_version(client: MlflowClient, name: str) -> int | None:
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise _registry_error(f"read the {CHAMPION} alias of {name}", exc) from None
-        _call(f"create registered model {name}", client.create_registered_model, name,
-              None, "NYC taxi trip duration (minutes), trained by taxi")
+        try:
+            client.create_registered_model(name, description="NYC taxi trip duration (minutes), trained by taxi")
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":  # created by another scheduler's run meanwhile: fine
+                raise _registry_error(f"create registered model {name}", exc) from None
         return None
     version = model.aliases.get(CHAMPION)
     return None if version is None else int(version)

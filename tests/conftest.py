@@ -99,23 +99,27 @@ def tlc_dir() -> Path:
 
 
 SAMPLE_ROWS = 8000
-SMALL_MONTH_ROWS = 300  # green 2023-01 in `sampled_tlc`: a month too small to train a good model on
 
 
-def sample_month(source: Path, dest: Path, rows: int, seed: int = 42) -> None:
-    """A fixed random sample of `rows` trips of a TLC file, in the TLC's schema."""
+def sample_month(source: Path, dest: Path, rows: int, seed: int = 42, shuffle_distance: bool = False) -> None:
+    """A fixed random sample of `rows` trips of a TLC file, in the TLC's schema; `shuffle_distance` deals the trip
+    distances out to the wrong trips, so nothing the model learns from them holds for another month."""
+    rng = np.random.default_rng(seed)
     table = pq.read_table(source)
-    pq.write_table(table.take(np.sort(np.random.default_rng(seed).choice(table.num_rows, rows, replace=False))),
-                   dest)
+    table = table.take(np.sort(rng.choice(table.num_rows, rows, replace=False)))
+    if shuffle_distance:
+        column = table.schema.get_field_index("trip_distance")
+        table = table.set_column(column, "trip_distance", table["trip_distance"].take(rng.permutation(rows)))
+    pq.write_table(table, dest)
 
 
 @pytest.fixture(scope="session")
 def sampled_tlc(tmp_path_factory, tlc_dir) -> Path:
-    """8000 real trips of each green month, except 300 of 2023-01: tests that tune and train several times stay fast,
-    and 2023-01 trains a clearly worse model than 2021-01."""
+    """8000 real trips of each green month, so that tests that tune and train several times stay fast; in 2023-01
+    the distances are shuffled, so its model is worse than 2021-01's on any validation month."""
     folder = tmp_path_factory.mktemp("sampled-tlc")
     for path in sorted(tlc_dir.glob("green_tripdata_*.parquet")):
-        sample_month(path, folder / path.name, SMALL_MONTH_ROWS if "2023-01" in path.name else SAMPLE_ROWS)
+        sample_month(path, folder / path.name, SAMPLE_ROWS, shuffle_distance="2023-01" in path.name)
     return folder
 
 
