@@ -11,14 +11,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 from pathlib import Path
 
 import luigi
 import luigi.configuration
+import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from taxi import storage, tasks
+from taxi import registry, storage, tasks
 from tests.conftest import ROOT, SMALL_TUNING, mlflow_service, run_luigi, write_config
 from tests.http_proxy import CHAMPION_LOOKUP, SET_ALIAS, Proxy
 from tests.luigi_process import LuigiProcess, private_lock
@@ -187,3 +189,42 @@ def test_two_months_started_at_once_on_a_new_sqlite_database_both_register(tmp_p
                 for v in client.search_model_versions(f"name='{MODEL}'")}
     assert sorted(versions) == ["2021-01", "2023-01"]
     assert aliases(client)["champion"] == versions["2021-01"]
+
+
+def test_registrations_on_one_sqlite_registry_take_turns_without_a_scheduler(tmp_path):
+    """registry.register from two threads (flock locks are per open file, so threads contend as processes do), in the
+    order that loses an update without a lock: B reads the champion v1 and is still scoring it when A, the better
+    model, reads v1 too and takes the alias; B then beats v1 and would take it last. With the lock beside the
+    database, A waits for B, then compares with B and wins."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    registry.connect(uri, "turns", str(tmp_path / "artifacts"))
+    runs = {}
+    for name in ("old", "A", "B"):
+        with mlflow.start_run(run_name=name) as run:
+            mlflow.log_text(name, "model/name.txt")
+        runs[name] = run.info.run_id
+    registry.register(MODEL, runs["old"], f"runs:/{runs['old']}/model", 6.0, lambda uri: pytest.fail("no champion"))
+    b_scoring, a_done = threading.Event(), threading.Event()
+    rmse = {"A": 5.0, "B": 5.5, "old": 6.0}
+
+    def score_by_b(version_uri: str) -> float:
+        b_scoring.set()
+        a_done.wait(10)  # a lock makes A wait for B instead: then this times out
+        return rmse[version_name(version_uri)]
+
+    def version_name(version_uri: str) -> str:
+        run_id = MlflowClient().get_model_version(MODEL, version_uri.rsplit("/", 1)[1]).run_id
+        return next(name for name, value in runs.items() if value == run_id)
+
+    results = {}
+    b = threading.Thread(target=lambda: results.update(B=registry.register(
+        MODEL, runs["B"], f"runs:/{runs['B']}/model", rmse["B"], score_by_b)))
+    b.start()
+    assert b_scoring.wait(30)
+    results["A"] = registry.register(MODEL, runs["A"], f"runs:/{runs['A']}/model", rmse["A"],
+                                     lambda version_uri: rmse[version_name(version_uri)])
+    a_done.set()
+    b.join(60)
+    assert (results["B"]["decision"], results["B"]["previous_champion_version"]) == ("champion", 1)
+    assert (results["A"]["decision"], results["A"]["previous_champion_version"]) == ("champion", results["B"]["version"])
+    assert aliases(MlflowClient())["champion"] == results["A"]["version"]
