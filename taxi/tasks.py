@@ -418,9 +418,7 @@ class RegisterModel(TrainingTask):
         trained = storage.read_json(self.input()["model"]["run"])
         tracking_uri = MlflowConfig().connect()
         valid_df = storage.read_parquet(self.input()["clean"]["valid"]["data"])
-        # raw trip fields as the model signature takes them (cleaning made the zone ids strings)
-        fields = valid_df[["PULocationID", "DOLocationID", "trip_distance"]].astype(
-            {"PULocationID": "int64", "DOLocationID": "int64"})
+        fields = valid_df[["PULocationID", "DOLocationID", "trip_distance"]]  # the model takes ids of any type
 
         def score_version(uri: str) -> float:
             return training.rmse(valid_df["duration"], mlflow.pyfunc.load_model(uri).predict(fields))

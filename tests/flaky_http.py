@@ -71,8 +71,9 @@ class FlakyMirror:
                     self.close_connection = True
 
             def _respond(self) -> None:
-                file = mirror.directory / self.path.lstrip("/")
-                behaviour = mirror._next(self.path, file.is_file())
+                path = self.path.split("?", 1)[0]  # a presigned URL's query names no file
+                file = mirror.directory / path.lstrip("/")
+                behaviour = mirror._next(path, file.is_file())
                 if behaviour in ("404", UNAVAILABLE, FORBIDDEN):
                     self.send_error(int(behaviour))
                     return

@@ -2,14 +2,20 @@
 `mlflow server`, a loopback HTTP mirror of the TLC files and (once) a real luigid."""
 
 import json
+import secrets
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 import requests
+import xgboost as xgb
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import SMALL_TUNING, run_luigi, write_config
+from taxi import features
+from tests.conftest import SMALL_TUNING, mlflow_service, run_luigi, write_config
+from tests.flaky_http import UNAVAILABLE, FlakyMirror
+from tests.luigi_process import private_lock
 
 MONTH = ("--year", "2021", "--month", "1")
 
@@ -46,6 +52,26 @@ def test_registered_model_predicts_from_raw_trip_fields(e2e):
                         {"PULocationID": 74, "DOLocationID": 75, "trip_distance": 12.5}])
     minutes = model.predict(raw)
     assert len(minutes) == 2 and 1 < minutes[0] < 60 and minutes[1] > minutes[0]
+
+
+def test_served_model_predicts_what_the_booster_predicts_on_the_training_time_matrix(e2e):
+    """Row by row on the whole validation month: the pyfunc on raw trip fields (zone ids as a user has them: ints,
+    floats, strings) gives the booster's predictions on the feature matrix BuildFeatures made for training."""
+    workdir, _, _ = e2e
+    store = workdir / "data"
+    X_valid, _ = features.load_matrix(str(store / "features/v1/green/2021-01/valid.npz"))
+    booster = xgb.Booster()
+    booster.load_model(bytearray(next((store / "runs").rglob("booster.ubj")).read_bytes()))
+    expected = booster.inplace_predict(X_valid)
+    trips = pd.read_parquet(store / "clean/v1/green/2021-02.parquet", columns=["PULocationID", "DOLocationID",
+                                                                               "trip_distance"])
+    raw = trips.astype({"PULocationID": "int64", "DOLocationID": "int64"})
+    model = mlflow.pyfunc.load_model("models:/taxi-duration-green@champion")
+    assert len(raw) == len(expected) == 61_921
+    np.testing.assert_allclose(model.predict(raw), expected, rtol=1e-6)
+    as_floats = raw.astype({"PULocationID": "float64", "DOLocationID": "float64"})  # a month with missing zones
+    np.testing.assert_allclose(model.predict(as_floats), expected, rtol=1e-6)
+    np.testing.assert_allclose(model.predict(trips), expected, rtol=1e-6)  # strings, as cleaning stores them
 
 
 def test_second_run_executes_no_task(e2e):
@@ -98,3 +124,45 @@ def test_unpublished_month_fails_at_once_naming_the_url(e2e, tlc_http):
     assert f"HTTP 404 for {tlc_http}/green_tripdata_2020-05.parquet: the month is not published" in missing.stderr
     assert "retry" not in missing.stderr.replace("retry_backoff", "")
     assert not list((workdir / "data" / "raw").rglob("*2020-05*"))
+
+
+def test_credentials_in_the_tracking_uri_and_the_source_url_are_recorded_nowhere(tmp_path, sampled_tlc):
+    """A password in MLFLOW_TRACKING_URI, and a password and a presigned query in the source URL (a 503 first, so a
+    retry is logged, and a month the source lacks): none of them in any output, log, target, report or MLflow
+    record; the URLs are recorded with *** in their place."""
+    planted = {name: f"{name}-{secrets.token_hex(8)}" for name in ("trackingpass", "sourcepass", "credential",
+                                                                     "signature")}
+    server = mlflow_service(tmp_path / "mlflow").start()
+    try:
+        with FlakyMirror(sampled_tlc) as mirror:
+            source = (f"http://taxi:{planted['sourcepass']}@{mirror.url.split('//')[1]}/green_tripdata_{{year}}-"
+                      f"{{month:02d}}.parquet?X-Amz-Credential={planted['credential']}&X-Amz-Signature="
+                      f"{planted['signature']}")
+            env = {"TAXI_TEST_SOURCE": source,
+                   "MLFLOW_TRACKING_URI": f"http://taxi:{planted['trackingpass']}@127.0.0.1:{server.port}"}
+            config = write_config(tmp_path / "secret-free.cfg", {
+                "taxi": {"source": "${TAXI_TEST_SOURCE}", "store": str(tmp_path / "store"), "retry_backoff": "0.1"},
+                "TuneHyperparams": SMALL_TUNING, "core": private_lock(tmp_path)})
+            mirror.script = [UNAVAILABLE]
+            done = run_luigi(tmp_path, config, "RegisterModel", "--year", "2021", "--month", "1", env=env)
+            missing = run_luigi(tmp_path, config, "DownloadMonth", "--year", "2020", "--month", "5", env=env)
+    finally:
+        server.stop()
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert missing.returncode == 30, missing.stderr[-3000:]
+    redacted = f"http://***@{mirror.url.split('//')[1]}/green_tripdata_2021-02.parquet?X-Amz-Credential=***&" \
+               f"X-Amz-Signature=***"
+    assert f"download of {redacted} failed (HTTP 503); retry 1/4 in 0.1s" in done.stderr
+    assert "HTTP 404 for http://***@" in missing.stderr
+    registration = json.loads(next((tmp_path / "store").rglob("registration.json")).read_text())
+    assert registration["tracking_uri"] == server.url
+    assert json.loads((tmp_path / "store/raw/green/green_tripdata_2021-02.parquet.json").read_text())[
+        "source_url"] == redacted
+    report = next((tmp_path / "store").rglob("report.md")).read_text()
+    assert f"`{redacted.replace('2021-02', '2021-01')}`" in report
+    produced = {str(path): path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    produced.update(stdout=done.stdout.encode(), stderr=done.stderr.encode(), missing=missing.stderr.encode())
+    assert any("mlflow.db" in name for name in produced) and any("MLmodel" in name for name in produced)
+    leaks = [f"{name}: {what}" for name, content in produced.items() for what, secret in planted.items()
+             if secret.encode() in content]
+    assert leaks == []
