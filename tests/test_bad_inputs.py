@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from taxi import features
-from tests.conftest import SMALL_TUNING, run_luigi, write_config
+from tests.conftest import BIN, SMALL_TUNING, run_luigi, write_config
 from tests.flaky_http import FlakyMirror
 from tests.luigi_process import LuigiProcess, private_lock
 
@@ -57,6 +59,8 @@ PARAMETERS = {
                     "tuning setting max_evals must be at least 1, got 0"),
     "negative-rounds": (("RegisterModel", *MONTH, "--TuneHyperparams-num-boost-round", "-1"), 35,
                         "tuning setting num_boost_round must be at least 1, got -1"),
+    "negative-download-retries": (("RegisterModel", *MONTH, "--taxi-download-retries", "-1"), 40,
+                                  "[taxi] download_retries must be at least 0, got -1"),
     "validation-month-not-over": (
         ("RegisterModel", "--year", str(LAST_MONTH.year), "--month", str(LAST_MONTH.month)), 40,
         f"validation month {TODAY:%Y-%m} (the month after {LAST_MONTH:%Y-%m}) is not over yet, so it has no data"),
@@ -89,6 +93,21 @@ def test_bad_parameters_write_nothing_and_register_nothing(parameter_runs):
     workdir, _ = parameter_runs
     assert not (workdir / "store").exists()
     assert not (workdir / "mlflow.db").exists()
+
+
+def test_failed_run_from_a_folder_without_luigi_cfg_exits_non_zero(tmp_path, tlc_dir):
+    """The package reads the checkout's luigi.cfg from any working directory: `[retcode]` applies, so cron or systemd
+    see the failure (Luigi alone reads only ./luigi.cfg, and a failed run would exit 0)."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    config = write_config(tmp_path / "profile.cfg", {"taxi": {"source": str(tlc_dir), "store": str(tmp_path / "store")},
+                                                     "core": private_lock(tmp_path)})
+    done = subprocess.run([str(BIN / "luigi"), "--module", "taxi.tasks", "DownloadMonth", "--year", "2020", "--month",
+                           "5", "--local-scheduler"], cwd=elsewhere, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "LUIGI_CONFIG_PATH": str(config)})
+    assert done.returncode == 30, done.stderr[-3000:]  # [retcode] task_failed
+    assert "green 2020-05: " in done.stderr and "does not exist: the month is not in the mirror" in done.stderr
+    assert list(elsewhere.iterdir()) == []
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import pickle
 import re
 import subprocess
@@ -464,6 +465,38 @@ def test_full_or_read_only_store_fails_naming_the_target_and_leaves_nothing(tmp_
     rerun = run_luigi(tmp_path, config, "DownloadMonth", *MONTH)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert target.read_bytes() == (tlc_dir / "green_tripdata_2021-01.parquet").read_bytes()
+
+
+@pytest.mark.parametrize("fault", ["disk-full", "read-only"])
+def test_full_or_read_only_store_fails_every_task_naming_its_target(tmp_path, tmpfs, tlc_dir, fault):
+    """Not only the download: with the month downloaded, the store fills up (a file takes every free byte) or turns
+    read-only, and CleanMonth fails with the same clear error; fixed, its rerun completes."""
+    store = tmpfs("store", "size=8m")
+    config = write_config(tmp_path / "store.cfg", {"taxi": {"source": str(tlc_dir), "store": str(store)},
+                                                   "core": private_lock(tmp_path)})
+    assert run_luigi(tmp_path, config, "DownloadMonth", *MONTH).returncode == 0
+    downloaded = store_files(store)
+    filler = store / "filler"
+    if fault == "disk-full":
+        with open(filler, "wb") as f:
+            free = os.statvfs(store).f_bavail * os.statvfs(store).f_frsize
+            os.posix_fallocate(f.fileno(), 0, free)
+    else:
+        subprocess.run(["mount", "-o", "remount,ro", str(store)], check=True)
+    failed = run_luigi(tmp_path, config, "CleanMonth", *MONTH)
+    assert failed.returncode == 30
+    errno, reason = (28, "No space left on device") if fault == "disk-full" else (30, "Read-only file system")
+    target = store / "clean" / "v1" / "green" / "2021-01.parquet"
+    assert f"OSError: [Errno {errno}] cannot write {target} into [taxi] store {store}: {reason}" in failed.stderr
+    assert "FileNotFoundError" not in failed.stderr
+    assert [p for p in store_files(store) if p != filler] == downloaded
+    if fault == "disk-full":
+        filler.unlink()
+    else:
+        subprocess.run(["mount", "-o", "remount,rw", str(store)], check=True)
+    rerun = run_luigi(tmp_path, config, "CleanMonth", *MONTH)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert pq.read_metadata(target).num_rows == 73_908
 
 
 # ---------------------------------------------------------------------------------------------------------------
