@@ -89,7 +89,7 @@ def tune(X_train: sp.csr_matrix, y_train: np.ndarray, X_valid: sp.csr_matrix, y_
                                 early_stopping_rounds=settings.early_stopping_rounds, verbose_eval=False)
             rmse = float(booster.best_score)
             rounds = booster.best_iteration + 1
-            mlflow.log_metrics({"val_rmse": rmse, "best_rounds": rounds})
+            mlflow.log_metrics({"val_rmse": rmse, "best_rounds": rounds, "rounds_trained": booster.num_boosted_rounds()})
         if rmse < best["rmse"]:
             best.update(rmse=rmse, params=params, rounds=rounds)
         done = len(trials.trials)
