@@ -33,6 +33,7 @@ class FlakyMirror:
         self.stall_seconds, self.slow_seconds = stall_seconds, slow_seconds
         self.script: list[str] = []
         self.requests: list[tuple[str, str]] = []
+        self.request_times: list[float] = []  # time.monotonic() at each GET, in order
         self.half_sent = threading.Event()
         self._lock = threading.Lock()
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -55,6 +56,7 @@ class FlakyMirror:
         with self._lock:
             behaviour = (self.script.pop(0) if self.script else OK) if exists else "404"
             self.requests.append((path, behaviour))
+            self.request_times.append(time.monotonic())
         return behaviour
 
     def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -57,7 +58,7 @@ def flaky_mirror(tlc_dir) -> Iterator[FlakyMirror]:
 def download(workdir: Path, mirror: FlakyMirror, script: list[str], year: int,
              month: int) -> subprocess.CompletedProcess:
     """`luigi DownloadMonth` from the mirror with a 1 s read timeout, 0.1 s first backoff and 3 retries."""
-    mirror.script, mirror.requests[:] = list(script), []
+    mirror.script, mirror.requests[:], mirror.request_times[:] = list(script), [], []
     config = write_config(workdir / "download.cfg", {"taxi": {
         "source": mirror.url, "store": str(workdir / "store"), "download_timeout": "1", "retry_backoff": "0.1",
         "download_retries": "3"}, "core": private_lock(workdir)})
@@ -77,8 +78,14 @@ def test_flaky_source_is_retried_with_backoff_until_the_file_is_byte_identical(t
     run = download(tmp_path, flaky_mirror, script, 2021, 2)
     assert run.returncode == 0, run.stderr[-3000:]
     assert [b for _, b in flaky_mirror.requests] == [*script, OK]
-    delays = [f"retry {i}/3 in {0.1 * 2 ** (i - 1):.1f}s" for i in range(1, len(script) + 1)]
-    assert re.findall(r"retry \d/3 in [\d.]+s", run.stderr) == delays
+    delays = [0.1 * 2 ** (i - 1) for i in range(1, len(script) + 1)]
+    assert re.findall(r"retry \d/3 in [\d.]+s", run.stderr) == [f"retry {i}/3 in {delay:.1f}s"
+                                                                for i, delay in enumerate(delays, 1)]
+    # and the client really waited: each retry came at least its delay after the failed attempt began (a stall
+    # adds the 1 s read timeout), and not much later
+    gaps = np.diff(flaky_mirror.request_times)
+    for gap, delay, fault in zip(gaps, delays, script):
+        assert delay <= gap <= delay + (1.0 if fault == STALL else 0) + 1.5, (list(gaps), delays, script)
     stored = tmp_path / "store" / "raw" / "green" / "green_tripdata_2021-02.parquet"
     source = tlc_dir / "green_tripdata_2021-02.parquet"
     assert stored.read_bytes() == source.read_bytes()
