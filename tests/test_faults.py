@@ -139,6 +139,7 @@ class Step:
     complete: set[str]  # tasks whose every output exists
     invalid: list[str]  # files at target paths whose content is wrong
     versions: int | None  # registered versions of the model (None: server down)
+    temporary: list[str]  # what is in the runs' TMPDIR afterwards
 
 
 class Pipeline:
@@ -147,6 +148,8 @@ class Pipeline:
     def __init__(self, workdir: Path, tlc_dir: Path, mirror: FlakyMirror, mlflow: Service):
         self.workdir, self.tlc_dir, self.mirror, self.mlflow = workdir, tlc_dir, mirror, mlflow
         self.store = workdir / "store"
+        self.tmp = workdir / "tmp"
+        self.tmp.mkdir()
         self.steps: dict[str, Step] = {}
         self.config = write_config(workdir / "faults.cfg", {
             "taxi": {"source": mirror.url, "store": str(self.store), "retry_backoff": "0.1"},
@@ -160,12 +163,28 @@ class Pipeline:
         })
 
     def start(self, name: str, task: str = "RegisterModel") -> LuigiProcess:
-        return LuigiProcess(self.workdir, self.config, task, *MONTH, name=name, env=SECRETS)
+        return LuigiProcess(self.workdir, self.config, task, *MONTH, name=name, env={**SECRETS, "TMPDIR": str(self.tmp)})
 
     def record(self, name: str, run: LuigiProcess) -> None:
         text = run.log
         self.steps[name] = Step(text, run.proc.returncode, luigi_ran(text), self.complete_tasks(),
-                                self.invalid_targets(), self.versions())
+                                self.invalid_targets(), self.versions(), self.temporary_files())
+
+    def temporary_files(self) -> list[str]:
+        """Everything in the runs' TMPDIR, relative to it."""
+        return sorted(str(p.relative_to(self.tmp)) for p in self.tmp.rglob("*"))
+
+    def run_statuses(self) -> dict[str, list[str]]:
+        """The status of every MLflow run, by the stage tag of the run (or of its parent, for trials)."""
+        client = self.client()
+        runs = client.search_runs([client.get_experiment_by_name("taxi-duration").experiment_id], max_results=1000)
+        stage = {r.info.run_id: r.data.tags.get("taxi.stage") for r in runs}
+        statuses: dict[str, list[str]] = {}
+        for r in runs:
+            parent = r.data.tags.get("mlflow.parentRunId")
+            key = f"{stage[parent]} trial" if parent else stage[r.info.run_id]
+            statuses.setdefault(key, []).append(r.info.status)
+        return {key: sorted(values) for key, values in statuses.items()}
 
     def client(self) -> MlflowClient:
         return MlflowClient(tracking_uri=self.mlflow.url)
@@ -377,6 +396,19 @@ def test_rerun_after_every_fault_completes_the_pipeline(pipeline):
     rerun = pipeline.steps["rerun"]
     assert rerun.complete == set(pipeline.outputs()) and rerun.invalid == []
     assert "This progress looks :)" in rerun.log
+
+
+def test_the_next_run_cleans_what_killed_runs_left(pipeline):
+    """Killed runs leave their temporary folders (the download's half file in the first) and MLflow runs still
+    RUNNING; the next run removes the folders and marks those runs KILLED, MLflow's own status. In the store only
+    luigi's `*-luigi-tmp-*` files beside targets may remain (`invalid == []` allows nothing else)."""
+    download = pipeline.steps["download"]
+    assert any(re.fullmatch(r"taxi-run-.+-\d+/taxi-download-\w+/green_tripdata_2021-02\.parquet", path)
+               for path in download.temporary), download.temporary
+    assert pipeline.steps["rerun"].temporary == []
+    statuses = pipeline.run_statuses()
+    assert statuses["tuning"] == ["FINISHED", "KILLED"] and statuses["training"] == ["FINISHED", "KILLED"], statuses
+    assert statuses["tuning trial"].count("KILLED") == 1 and "RUNNING" not in statuses["tuning trial"], statuses
 
 
 def test_no_secret_in_logs_store_reports_or_mlflow(pipeline):
