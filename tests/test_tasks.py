@@ -147,3 +147,32 @@ def test_train_and_register_champion_then_challenger(luigi_config):
     client = MlflowClient()
     champion = client.get_model_version_by_alias("taxi-duration-green", "champion")
     assert int(champion.version) == (1 if reg2["decision"] == "challenger" else 2)
+
+
+def test_training_rerun_marks_what_a_killed_attempt_left_in_mlflow_killed(luigi_config, sampled_tlc):
+    """A kill between logging the training run and writing TrainModel's target leaves a FINISHED run that nothing
+    uses (a kill earlier, a RUNNING one): the rerun marks both KILLED. A registered run of the task and another
+    task's runs are left alone."""
+    luigi.configuration.get_config().set("taxi", "source", str(sampled_tlc))
+    task = tasks.TrainModel(year=2021, month=1)
+    build(task.requires()["params"])
+    client = MlflowClient(luigi_config["mlflow"]["tracking_uri"])
+    tasks.MlflowConfig().connect()
+    experiment = mlflow.get_experiment_by_name("taxi-duration").experiment_id
+
+    def leave_run(task_id: str, finished: bool) -> str:
+        run = client.create_run(experiment, tags={"taxi.task_id": task_id})
+        if finished:
+            client.set_terminated(run.info.run_id)
+        return run.info.run_id
+
+    orphan, open_run, registered = (leave_run(task.task_id, finished) for finished in (True, False, True))
+    client.create_registered_model("kept")
+    client.create_model_version("kept", f"runs:/{registered}/model", run_id=registered)
+    others = [leave_run("TrainModel_green_1_2023_0000000000", finished) for finished in (True, False)]
+    build(task)
+    status = {run_id: client.get_run(run_id).info.status for run_id in (orphan, open_run, registered, *others)}
+    assert status == {orphan: "KILLED", open_run: "KILLED", registered: "FINISHED", others[0]: "FINISHED",
+                      others[1]: "RUNNING"}
+    trained = storage.read_json(task.output()["run"])
+    assert client.get_run(trained["run_id"]).info.status == "FINISHED"
