@@ -11,7 +11,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import xgboost as xgb
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema, TensorSpec
+from mlflow.types.schema import AnyType
 from sklearn.feature_extraction import DictVectorizer
 
 from taxi import data, features
@@ -19,6 +21,11 @@ from taxi.tuning import booster_params
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 INPUT_EXAMPLE = pd.DataFrame([{"PULocationID": 43, "DOLocationID": 151, "trip_distance": 1.01}])
+# zone ids as a user has them (ints, floats from a month with gaps, strings): prepare_raw applies cleaning's rule
+SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec(AnyType(), "PULocationID"), ColSpec(AnyType(), "DOLocationID"),
+                   ColSpec("double", "trip_distance")]),
+    outputs=Schema([TensorSpec(np.dtype("float32"), (-1,))]))
 
 
 def train_booster(X: sp.csr_matrix, y: np.ndarray, params: dict, num_boost_round: int, seed: int,
@@ -110,13 +117,12 @@ def log_model(booster: xgb.Booster, vectorizer: DictVectorizer) -> str:
         booster.save_model(booster_path)
         with open(vectorizer_path, "wb") as f:
             pickle.dump(vectorizer, f)
-        example_output = predict(booster, features.transform(vectorizer, prepare_raw(INPUT_EXAMPLE)))
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=TripDurationModel(),
             artifacts={"booster": booster_path, "vectorizer": vectorizer_path},
             code_paths=[PACKAGE_DIR],
-            signature=infer_signature(INPUT_EXAMPLE, example_output),
+            signature=SIGNATURE,
             input_example=INPUT_EXAMPLE,
             pip_requirements=_pip_requirements(),
         )
