@@ -408,7 +408,8 @@ def test_the_next_run_cleans_what_killed_runs_left(pipeline):
     assert pipeline.steps["rerun"].temporary == []
     statuses = pipeline.run_statuses()
     assert statuses["tuning"] == ["FINISHED", "KILLED"] and statuses["training"] == ["FINISHED", "KILLED"], statuses
-    assert statuses["tuning trial"].count("KILLED") == 1 and "RUNNING" not in statuses["tuning trial"], statuses
+    # the kill in tuning may land between two trials: then no trial was open
+    assert statuses["tuning trial"].count("KILLED") <= 1 and "RUNNING" not in statuses["tuning trial"], statuses
 
 
 def test_no_secret_in_logs_store_reports_or_mlflow(pipeline):
