@@ -41,11 +41,21 @@ class MonthNotPublished(DataError):
 
 
 class TransientSourceError(IOError):
-    """A failure worth retrying: 5xx, timeout, dropped connection, short body."""
+    """A failure worth retrying: 5xx, timeout, dropped connection, short body. `reason` is the few words a retry
+    warning shows; `hint`, what to do, ends the message."""
+
+    def __init__(self, message: str, reason: str, hint: str = ""):
+        super().__init__(f"{message}; {hint}" if hint else message)
+        self.core, self.reason, self.hint = message, reason, hint
+
+    def gave_up(self, attempts: int) -> "TransientSourceError":
+        return type(self)(f"{self.core} (gave up after {attempts} attempts)", self.reason, self.hint)
 
 
 class SourceUnreachable(TransientSourceError):
     """No connection to the source's host at all (no name resolution, refused, no route): offline, or a wrong URL."""
+
+    HINT = "offline? set [taxi] source or TAXI_SOURCE to a mirror folder of TLC files"
 
 
 def validate_month(color: str, year: int, month: int, *, needs_next_month: bool = False,
@@ -98,7 +108,7 @@ def fetch(url: str, dest: str, *, retries: int = 4, backoff: float = 2.0, timeou
                 return
             except TransientSourceError as exc:
                 if attempt > retries:
-                    raise type(exc)(f"{exc} (gave up after {attempt} attempts)") from None
+                    raise exc.gave_up(attempt) from None
                 delay = backoff * 2 ** (attempt - 1)
                 log.warning("download of %s failed (%s); retry %d/%d in %.1fs", redact(url), exc.reason, attempt,
                             retries, delay)
@@ -124,7 +134,7 @@ def _fetch_http(url: str, dest: str, timeout: float, progress: Progress | None) 
                     f"HTTP 403 for {shown}: the month is not published at the source, or the source denies access"
                 )
             if resp.status_code >= 500 or resp.status_code == 429:
-                raise _transient(f"HTTP {resp.status_code} from {shown}", f"HTTP {resp.status_code}")
+                raise TransientSourceError(f"HTTP {resp.status_code} from {shown}", f"HTTP {resp.status_code}")
             if resp.status_code >= 400:
                 raise DataError(f"HTTP {resp.status_code} {resp.reason} for {shown}: check [taxi] source")
             total = int(resp.headers["Content-Length"]) if "Content-Length" in resp.headers else None
@@ -139,22 +149,16 @@ def _fetch_http(url: str, dest: str, timeout: float, progress: Progress | None) 
         reason = _unreachable_reason(exc)
         if reason:
             host = urlparse(url).hostname
-            raise _transient(f"cannot reach {host} for {shown} ({reason}); offline? set [taxi] source or TAXI_SOURCE "
-                             f"to a mirror folder of TLC files", reason, SourceUnreachable) from None
-        raise _transient(f"{type(exc).__name__} while reading {shown}: {redact_text(str(exc), url)}",
-                         type(exc).__name__) from None
+            raise SourceUnreachable(f"cannot reach {host} for {shown} ({reason})", reason,
+                                    SourceUnreachable.HINT) from None
+        raise TransientSourceError(f"{type(exc).__name__} while reading {shown}: {redact_text(str(exc), url)}",
+                                   type(exc).__name__) from None
     except (requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
-        raise _transient(f"{type(exc).__name__} while reading {shown}: {redact_text(str(exc), url)}",
-                         type(exc).__name__) from None
+        raise TransientSourceError(f"{type(exc).__name__} while reading {shown}: {redact_text(str(exc), url)}",
+                                   type(exc).__name__) from None
     if total is not None and done != total:
-        raise _transient(f"short body from {shown}: {done} of {total} bytes", f"short body, {done} of {total} bytes")
-
-
-def _transient(message: str, reason: str, kind: type[TransientSourceError] = TransientSourceError):
-    """A TransientSourceError whose `reason` is the few words a retry warning shows."""
-    exc = kind(message)
-    exc.reason = reason
-    return exc
+        raise TransientSourceError(f"short body from {shown}: {done} of {total} bytes",
+                                   f"short body, {done} of {total} bytes")
 
 
 def _unreachable_reason(exc: requests.ConnectionError) -> str | None:

@@ -16,7 +16,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from sqlalchemy.engine import make_url
 
-from taxi.urls import redact, split_credentials
+from taxi.urls import redact, split_credentials, tracking_identity
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,8 @@ def connect(tracking_uri: str, experiment: str, artifact_location: str | None = 
     Credentials in the URI (`https://user:password@host`) move to MLflow's own MLFLOW_TRACKING_USERNAME/PASSWORD.
     `artifact_location` applies to a new experiment on a local database; a server decides its own.
     """
-    tracking_uri, credentials = split_credentials(tracking_uri)
+    credentials = split_credentials(tracking_uri)[1]
+    tracking_uri = tracking_identity(tracking_uri)
     if credentials:
         os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = credentials
     server = tracking_uri.split(":", 1)[0] in ("http", "https")
@@ -73,6 +74,25 @@ def connect(tracking_uri: str, experiment: str, artifact_location: str | None = 
         mlflow.set_experiment(experiment)
         MlflowClient().search_registered_models(max_results=1)  # creates the registry's tables too
     return tracking_uri
+
+
+def run_url(run_id: str) -> str | None:
+    """The MLflow UI page of a run when tracking goes to a server (which serves the UI); None for a local database."""
+    base = _ui_base()
+    if base is None:
+        return None
+    return f"{base}/#/experiments/{MlflowClient().get_run(run_id).info.experiment_id}/runs/{run_id}"
+
+
+def version_url(name: str, version: int) -> str | None:
+    """The MLflow UI page of a registered model version (None for a local database)."""
+    base = _ui_base()
+    return None if base is None else f"{base}/#/models/{name}/versions/{version}"
+
+
+def _ui_base() -> str | None:
+    uri = mlflow.get_tracking_uri()
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else None
 
 
 def _env_credentials() -> tuple[str, str] | None:

@@ -16,7 +16,7 @@ import luigi.configuration
 from tqdm import tqdm
 
 from taxi import data, report, storage
-from taxi.urls import redact
+from taxi.urls import redact, tracking_identity
 from taxi.tuning import TuningSettings
 
 # mlflow, xgboost, sklearn and matplotlib take seconds to import: the modules that need them are imported
@@ -25,37 +25,59 @@ from taxi.tuning import TuningSettings
 log = logging.getLogger(__name__)
 
 
-def _show_taxi_logs() -> None:
-    """Luigi's CLI configures only its own loggers: print the taxi modules' INFO lines the same way."""
+# --- what importing this module sets up for a luigi process ---
+
+PROJECT_DEFAULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "luigi.cfg")
+
+
+def _read_project_defaults() -> None:
+    """Read the checkout's luigi.cfg before every other config file, whatever the working directory (Luigi itself
+    reads only ./luigi.cfg, so from elsewhere a failed run would lose `[retcode]` and exit 0); TAXI_SOURCE, when
+    set, overrides `[taxi] source`."""
+    paths = luigi.configuration.LuigiConfigParser._config_paths
+    if PROJECT_DEFAULTS not in paths:
+        paths.insert(0, PROJECT_DEFAULTS)  # lowest precedence: ./luigi.cfg and LUIGI_CONFIG_PATH still override
+        luigi.configuration.LuigiConfigParser.reload()
+    if os.environ.get("TAXI_SOURCE"):
+        luigi.configuration.get_config().set("taxi", "source", os.environ["TAXI_SOURCE"])
+
+
+class _CauseFirst(logging.Filter):
+    """Luigi logs a failure as a line naming the task, then a traceback that ends with the cause: log the cause
+    (the exception's message, which says what to do) first."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None:
+            failed = record.args[-1] if str(record.msg).startswith("[pid %s] Worker %s failed") else "luigi"
+            log.error("%s failed: %s: %s", failed, type(exc).__name__, exc)
+        return True
+
+
+def _configure_logs() -> None:
+    """Print the taxi modules' INFO lines as Luigi prints its own, causes of failures first; keep MLflow to its
+    warnings (no progress bars, run-link prints or INFO chatter: the taxi lines say which run each task made).
+    A user's own setting of the MLflow variables wins."""
     logger = logging.getLogger("taxi")
     if not logger.handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s: %(name)s: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
+    logging.getLogger("luigi-interface").addFilter(_CauseFirst())
+    for name, value in (("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"),
+                        ("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true"), ("MLFLOW_LOGGING_LEVEL", "WARNING")):
+        os.environ.setdefault(name, value)
 
-
-_show_taxi_logs()
-
-PROJECT_DEFAULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "luigi.cfg")
-
-
-def _read_project_defaults() -> None:
-    """Read the checkout's luigi.cfg before every other config file, whatever the working directory: Luigi itself
-    reads only ./luigi.cfg, so from elsewhere a failed run would lose `[retcode]` and exit 0."""
-    paths = luigi.configuration.LuigiConfigParser._config_paths
-    if PROJECT_DEFAULTS not in paths:
-        paths.insert(0, PROJECT_DEFAULTS)  # lowest precedence: ./luigi.cfg and LUIGI_CONFIG_PATH still override
-        luigi.configuration.LuigiConfigParser.reload()
-
-
-_read_project_defaults()
 
 @luigi.Task.event_handler(luigi.Event.START)
 def _use_private_tmp(task: luigi.Task) -> None:
     """Every temporary file of a run goes to a folder of its own, removed at exit; killed runs' folders are swept."""
     storage.use_private_tmp()
 
+
+_read_project_defaults()
+_configure_logs()
 
 FEATURES_VERSION = "v1"  # bump when the features or the cleaning rules change
 MODEL_VERSION = "v1"  # bump when training or the logged model changes
@@ -100,15 +122,23 @@ class MlflowConfig(luigi.Config):
     def get_task_family(cls) -> str:
         return "mlflow"
 
+    @property
+    def uri(self) -> str:
+        """The configured tracking URI, with any credentials."""
+        return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+
+    def identity(self) -> str:
+        """The tracking URI as registration.json records it (no credentials, absolute sqlite path)."""
+        return tracking_identity(self.uri)
+
     def connect(self) -> str:
-        """Point mlflow at the tracking URI and experiment; return the URI without credentials."""
+        """Point mlflow at the tracking URI and experiment; return `identity()`."""
         from taxi import registry
 
-        uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
         location = self.artifact_location or None
         if location and "://" not in location:
             location = os.path.abspath(location)
-        return registry.connect(uri, self.experiment, location)
+        return registry.connect(self.uri, self.experiment, location)
 
     def end_stale_runs(self, task: luigi.Task) -> None:
         """Mark KILLED the MLflow runs an interrupted earlier attempt of `task` left open or orphaned."""
@@ -326,7 +356,8 @@ class TuneHyperparams(TrainingTask):
         tracking.connect()
         tracking.end_stale_runs(self)
         tags = run_tags(self)
-        with mlflow.start_run(run_name=f"tune {self.color} {self.ym}", tags={**tags, "taxi.stage": "tuning"}):
+        with mlflow.start_run(run_name=f"tune {self.color} {self.ym}", tags={**tags, "taxi.stage": "tuning"}) as run:
+            link_run(self, run.info.run_id, "tuning")
             mlflow.log_params({k: v for k, v in vars(self.settings()).items()})
             result = tuning.tune(X_train, y_train, X_valid, y_valid, self.settings(), on_trial=self._report,
                                  trial_tags=tags)
@@ -364,17 +395,33 @@ class TrainModel(TrainingTask):
         best = storage.read_json(self.input()["params"])
         stats = {key: storage.read_json(out["stats"]) for key, out in self.input()["clean"].items()}
         tracking = MlflowConfig()
-        tracking.connect()
+        tracking_uri = tracking.connect()
         tracking.end_stale_runs(self)
         tags = {**run_tags(self), "taxi.stage": "training", "color": self.color, **lineage_tags(stats)}
         with mlflow.start_run(run_name=f"train {self.color} {self.ym}", tags=tags) as run:  # open while training
-            mlflow.log_params({"tuning_trials": best["trials"], "features_version": FEATURES_VERSION,
-                               "model_version": MODEL_VERSION})
+            link_run(self, run.info.run_id, "training")
+            mlflow.log_params(training_params(best))
             booster, scores = training.train_and_log(X_train, y_train, X_valid, y_valid, vectorizer, best,
                                                      TaxiConfig().nthread)
         storage.write_bytes(booster.save_raw("ubj"), self.output()["booster"])
-        storage.write_json({"run_id": run.info.run_id, **scores, "seconds": round(time.monotonic() - started, 3)},
-                           self.output()["run"])
+        storage.write_json({"run_id": run.info.run_id, **scores, "tracking_uri": tracking_uri,
+                            "seconds": round(time.monotonic() - started, 3)}, self.output()["run"])
+
+
+def training_params(best: dict) -> dict:
+    """What a training run logs about how its model was made, besides the model's own parameters."""
+    return {"tuning_trials": best["trials"], "features_version": FEATURES_VERSION, "model_version": MODEL_VERSION}
+
+
+def link_run(task: luigi.Task, run_id: str, what: str) -> None:
+    """Name the MLflow run a task logs to, in the log and (for a tracking server) as the task's link in Luigi's
+    visualiser."""
+    from taxi import registry
+
+    url = registry.run_url(run_id)
+    if url:
+        task.set_tracking_url(url)
+    log.info("%s run of %s %s: %s", what, task.color, task.ym, url or run_id)
 
 
 def run_tags(task: luigi.Task) -> dict[str, str]:
@@ -409,6 +456,14 @@ class RegisterModel(TrainingTask):
         run_dir = self.requires()["model"].run_dir
         return {name: self.target(f"{run_dir}/{name}") for name in ("registration.json", "report.md", *report.PLOTS)}
 
+    def complete(self) -> bool:
+        """Done when every output exists and the registration was made in the registry configured now: pointed at
+        another registry, the same store registers the month there too."""
+        outputs = self.output()
+        if not all(target.exists() for target in outputs.values()):
+            return False
+        return storage.read_json(outputs["registration.json"]).get("tracking_uri") == MlflowConfig().identity()
+
     def run(self):
         import mlflow
 
@@ -416,7 +471,10 @@ class RegisterModel(TrainingTask):
 
         started = time.monotonic()
         trained = storage.read_json(self.input()["model"]["run"])
-        tracking_uri = MlflowConfig().connect()
+        tracking = MlflowConfig()
+        tracking_uri = tracking.connect()
+        if trained.get("tracking_uri", tracking_uri) != tracking_uri:
+            trained = self._log_again(trained, tracking_uri)
         valid_df = storage.read_parquet(self.input()["clean"]["valid"]["data"])
         fields = valid_df[["PULocationID", "DOLocationID", "trip_distance"]]  # the model takes ids of any type
 
@@ -426,20 +484,50 @@ class RegisterModel(TrainingTask):
         registration = registry.register(registry.model_name(self.color), trained["run_id"], trained["model_uri"],
                                          trained["val_rmse"], score_version)
         registration["tracking_uri"] = tracking_uri
+        url = registry.version_url(registration["name"], registration["version"])
+        if url:
+            self.set_tracking_url(url)
         self._write_report(trained, registration, valid_df, started)
         storage.write_json(registration, self.output()["registration.json"])
 
+    def _log_again(self, trained: dict, tracking_uri: str) -> dict:
+        """TrainModel logged this model in another registry (the store was built against it): log the stored booster
+        and vectorizer again, as a run of this task in this registry. Returns train.json's record for that run."""
+        import mlflow
+
+        from taxi import training
+
+        log.warning("the %s %s model was logged in %s, not in %s: logging the stored model there again", self.color,
+                    self.ym, trained["tracking_uri"], tracking_uri)
+        MlflowConfig().end_stale_runs(self)
+        inputs = self.input()
+        best = storage.read_json(inputs["params"])
+        stats = {key: storage.read_json(out["stats"]) for key, out in inputs["clean"].items()}
+        tags = {**run_tags(self), "taxi.stage": "training", "color": self.color, **lineage_tags(stats)}
+        with mlflow.start_run(run_name=f"train {self.color} {self.ym}", tags=tags) as run:
+            link_run(self, run.info.run_id, "training")
+            mlflow.log_params(training_params(best))
+            scores = {key: trained[key] for key in ("train_rmse", "val_rmse")}
+            vectorizer = storage.read_pickle(inputs["features"]["vectorizer"])
+            model_uri = training.log_trained(self._stored_booster(), vectorizer, best, scores)
+        return {**trained, "run_id": run.info.run_id, "model_uri": model_uri, "tracking_uri": tracking_uri}
+
+    def _stored_booster(self):
+        import xgboost as xgb
+
+        booster = xgb.Booster()
+        booster.load_model(bytearray(storage.read_bytes(self.input()["model"]["booster"]).getvalue()))
+        return booster
+
     def _write_report(self, trained: dict, registration: dict, valid_df, started: float) -> None:
         """Markdown + plots into the run folder, and the same files logged to the MLflow run."""
-        import xgboost as xgb
         from mlflow.tracking import MlflowClient
 
         from taxi import training
 
         inputs = self.input()
         vectorizer, _, _, X_valid, y_valid = load_features(inputs["features"])
-        booster = xgb.Booster()
-        booster.load_model(bytearray(storage.read_bytes(inputs["model"]["booster"]).getvalue()))
+        booster = self._stored_booster()
         gains = booster.get_score(importance_type="total_gain")
         importances = {vectorizer.feature_names_[int(k[1:])]: v for k, v in gains.items()}
         pngs = report.plots(y_valid, training.predict(booster, X_valid), importances)

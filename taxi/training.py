@@ -100,18 +100,24 @@ class TripDurationModel(mlflow.pyfunc.PythonModel):
 
 def train_and_log(X_train: sp.csr_matrix, y_train: np.ndarray, X_valid: sp.csr_matrix, y_valid: np.ndarray,
                   vectorizer: DictVectorizer, best: dict, nthread: int) -> tuple[xgb.Booster, dict]:
-    """Train the final booster with the tuned parameters inside the active MLflow run; log its parameters, RMSEs,
-    vocabulary and the pyfunc model. Returns the booster and {train_rmse, val_rmse, model_uri}."""
-    mlflow.log_params({**best["params"], "num_boost_round": best["num_boost_round"], "seed": best["seed"]})
+    """Train the final booster with the tuned parameters inside the active MLflow run and log it (log_trained).
+    Returns the booster and {train_rmse, val_rmse, model_uri}."""
     booster = train_booster(X_train, y_train, best["params"], best["num_boost_round"], best["seed"], nthread)
     scores = {"train_rmse": rmse(y_train, predict(booster, X_train)), "val_rmse": rmse(y_valid, predict(booster, X_valid))}
+    return booster, {**scores, "model_uri": log_trained(booster, vectorizer, best, scores)}
+
+
+def log_trained(booster: xgb.Booster, vectorizer: DictVectorizer, best: dict, scores: dict[str, float]) -> str:
+    """Log a trained model's parameters, RMSEs, vocabulary and pyfunc model in the active run; its model URI."""
+    mlflow.log_params({**best["params"], "num_boost_round": best["num_boost_round"], "seed": best["seed"]})
     mlflow.log_metrics(scores)
     mlflow.log_dict(vectorizer.vocabulary_, "preprocessor/vocabulary.json")
-    return booster, {**scores, "model_uri": log_model(booster, vectorizer)}
+    return log_model(booster, vectorizer)
 
 
 def log_model(booster: xgb.Booster, vectorizer: DictVectorizer) -> str:
-    """Log booster + vectorizer as one pyfunc model in the active run; return its model URI."""
+    """Log booster + vectorizer as one pyfunc model in the active run, as MLflow "models from code" (served_model.py
+    builds the pyfunc when the model loads: no pickled Python object); return its model URI."""
     with tempfile.TemporaryDirectory() as tmp:
         booster_path, vectorizer_path = os.path.join(tmp, "booster.ubj"), os.path.join(tmp, "vectorizer.pkl")
         booster.save_model(booster_path)
@@ -119,7 +125,7 @@ def log_model(booster: xgb.Booster, vectorizer: DictVectorizer) -> str:
             pickle.dump(vectorizer, f)
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=TripDurationModel(),
+            python_model=os.path.join(PACKAGE_DIR, "served_model.py"),
             artifacts={"booster": booster_path, "vectorizer": vectorizer_path},
             code_paths=[PACKAGE_DIR],
             signature=SIGNATURE,

@@ -6,6 +6,7 @@ A URL may carry secrets in its user info (`https://user:password@host`) and in i
 
 from __future__ import annotations
 
+import os
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 REDACTED = "***"
@@ -20,6 +21,16 @@ def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
     userinfo, host = parts.netloc.rsplit("@", 1)
     user, _, password = userinfo.partition(":")
     return urlunsplit(parts._replace(netloc=host)), (user, password)
+
+
+def tracking_identity(tracking_uri: str) -> str:
+    """The tracking URI as it is recorded and compared: without credentials, a sqlite file as an absolute path (a
+    relative one names another database in another working directory)."""
+    uri, _ = split_credentials(tracking_uri)
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and uri[len(prefix):] not in ("", ":memory:"):
+        return prefix + os.path.abspath(uri[len(prefix):])
+    return uri
 
 
 def redact(url: str) -> str:
