@@ -111,16 +111,17 @@ def test_gzipping_server_still_yields_the_files_own_bytes(tmp_path, flaky_mirror
 
 
 @pytest.mark.parametrize("script,status", [([], 404), ([FORBIDDEN], 403)], ids=["404", "403"])
-def test_unpublished_month_fails_at_once_in_one_line_naming_month_and_url(tmp_path, flaky_mirror, script, status):
-    """404 (or the 403 S3 gives for a missing key): one request, no retry, one line with the month and the URL."""
+def test_unpublished_month_fails_at_once_naming_month_and_url_first(tmp_path, flaky_mirror, script, status):
+    """404 (or the 403 S3 gives for a missing key): one request, no retry; the cause first, then the traceback."""
     year, month = (2020, 5) if status == 404 else (2021, 2)
     run = download(tmp_path, flaky_mirror, script, year, month)
     assert run.returncode == 30
     url = f"{flaky_mirror.url}/green_tripdata_{year}-{month:02d}.parquet"
+    cause = (f"MonthNotPublished: green {year}-{month:02d}: HTTP {status} for {url}: the month is not published at "
+             f"the source" + (" (or not in the mirror)" if status == 404 else ", or the source denies access"))
     lines = [line for line in run.stderr.splitlines() if url in line]
-    assert lines == [f"taxi.data.MonthNotPublished: green {year}-{month:02d}: HTTP {status} for {url}: the month is "
-                     f"not published at the source" + (" (or not in the mirror)" if status == 404 else
-                                                      ", or the source denies access")]
+    assert lines == [f"ERROR: taxi.tasks: DownloadMonth(color=green, year={year}, month={month}) failed: {cause}",
+                     f"taxi.data.{cause}"]
     assert len(flaky_mirror.requests) == 1 and "retry" not in run.stderr.replace("retry_backoff", "")
     assert store_files(tmp_path / "store") == []
 
