@@ -27,27 +27,41 @@ def post(text: str) -> bool:
     url = os.environ.get(ENV, "")
     if not url:
         return False
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        log.warning("%s is not an http(s) URL: nothing posted", ENV)
+    try:
+        _send(url, text)
+    except Exception as exc:  # whatever the webhook does (refuse, 500, hang, garbage), the pipeline goes on
+        log.warning("webhook %s did not take the message (%s); the run goes on", _where(url), _reason(exc))
         return False
+    return True
+
+
+def _send(url: str, text: str) -> None:
+    if urlsplit(url).scheme not in ("http", "https"):
+        raise ValueError("not an http(s) URL")
     request = urllib.request.Request(url, data=json.dumps({"text": text}).encode(), method="POST",
                                      headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=TIMEOUT):
+        pass
+
+
+def _where(url: str) -> str:
+    """The scheme, host and port of `url`: all of it that is ever logged (a Slack webhook's path is its secret)."""
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT):
-            return True
-    except Exception as exc:  # whatever the webhook does (refuse, 500, hang, garbage), the pipeline goes on
-        log.warning("webhook %s://%s did not take the message (%s); the run goes on", parts.scheme, parts.hostname,
-                    _reason(exc))
-        return False
+        parts = urlsplit(url)
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return f"of {ENV}"
+    return f"{parts.scheme}://{parts.hostname}{port}" if parts.hostname else f"of {ENV}"
 
 
 def _reason(exc: Exception) -> str:
-    """Why a POST failed, without the URL (which some exception texts repeat)."""
+    """Why a POST failed, in words that never repeat the URL (some exception texts do)."""
     if isinstance(exc, urllib.error.HTTPError):
         return f"HTTP {exc.code}"
-    if isinstance(exc, urllib.error.URLError):
-        exc = exc.reason if isinstance(exc.reason, OSError) else exc
+    if isinstance(exc, ValueError):  # what urllib raises for a URL it cannot use
+        return f"{ENV} is not a valid http(s) URL"
+    if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, OSError):
+        exc = exc.reason
     return f"{type(exc).__name__}: {exc.strerror}" if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
 
 

@@ -55,9 +55,16 @@ class Row:
 
 def registry_versions(name: str) -> dict[int, Version]:
     """Every version of the registered model `name` at the current tracking URI (none if it does not exist)."""
-    return {int(v.version): Version(v.run_id, tuple(v.aliases),
+    client = MlflowClient()
+    try:
+        aliases = client.get_registered_model(name).aliases  # a version search leaves them out against a server
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return {}
+        raise
+    return {int(v.version): Version(v.run_id, tuple(a for a, at in aliases.items() if int(at) == int(v.version)),
                                     dt.datetime.fromtimestamp(v.creation_timestamp / 1000, dt.timezone.utc))
-            for v in MlflowClient().search_model_versions(f"name='{name}'")}
+            for v in client.search_model_versions(f"name='{name}'")}
 
 
 def registrations(store: str, color: str) -> list[tuple[str, dict]]:
