@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass
 
 import luigi.interface
+import mlflow
 import requests
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -82,7 +83,8 @@ def make_row(store: str, folder: str, registration: dict, versions: dict[int, Ve
         (a for a in (registry.CHAMPION, registry.CHALLENGER) if a in version.aliases), "none")
     return Row(month=folder.split("/")[2], version=registration["version"], alias=alias,
                decision=registration["decision"], val_rmse=registration["val_rmse"],
-               registered=None if version is None else version.created, report=storage.target(store, f"{folder}/report.md").path)
+               registered=None if version is None else version.created,
+               report=storage.target(store, f"{folder}/report.md").path)
 
 
 def table(rows: list[Row]) -> str:
@@ -150,11 +152,12 @@ def status(colors: list[str]) -> str:
     store = TaxiConfig().store
     store = store if storage.is_s3(store) else os.path.abspath(store)
     tracking_uri = MlflowConfig().connect()
-    try:
-        sections = [color_section(store, tracking_uri, color) for color in colors]
-    except MlflowException as exc:
-        raise registry.RegistryError(f"cannot read the registry at {tracking_uri}: {exc.message}") from None
+    sections = [color_section(store, tracking_uri, color) for color in colors]
     return "\n\n".join([*sections, scheduler_section(scheduler_url())])
+
+
+def first_line(text: str) -> str:
+    return (text.strip().splitlines() or [""])[0]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -163,9 +166,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         text = status([args.color] if args.color else list(data.COLORS))
-    except (registry.TrackingUnavailable, registry.RegistryError, storage.StoreUnreachable, storage.StoreRefused,
+    except MlflowException as exc:
+        log.error("the MLflow registry at %s answered: %s", redact(mlflow.get_tracking_uri()), first_line(exc.message))
+        sys.exit(1)
+    except (registry.TrackingUnavailable, storage.StoreUnreachable, storage.StoreRefused,
             storage.CorruptTarget) as exc:
-        log.error("%s", str(exc).strip().splitlines()[0])
+        log.error("%s", first_line(str(exc)))
         sys.exit(1)
     print(text)
 

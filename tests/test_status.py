@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from tests.conftest import (ROOT, SMALL_TUNING, Service, free_port, luigid_service, mlflow_service, run_luigi,
                             wait_until, write_config)
 from tests.flaky_http import STALL, FlakyMirror
+from tests.http_proxy import CHAMPION_LOOKUP, Proxy
 from tests.luigi_process import LuigiProcess, private_lock
 from tests.s3server import SeaweedS3
 
@@ -180,6 +181,18 @@ def test_tracking_server_down_is_one_clear_line_and_a_failure(trained):
     assert shown.stderr.strip().splitlines() == [
         f"ERROR: taxi.status: MLflow tracking server {down} is not reachable (ConnectionError); start it "
         f"(scripts/services start) or set [mlflow] tracking_uri / MLFLOW_TRACKING_URI"]
+
+
+def test_a_registry_error_is_one_clear_line_and_a_failure(trained):
+    with Proxy(trained.mlflow.url) as proxy:
+        proxy.fail("GET", CHAMPION_LOOKUP, 500)
+        sections = {**trained.sections, "mlflow": {"tracking_uri": proxy.url}}
+        shown = status(write_config(trained.workdir / "mlflow-500.cfg", sections),
+                       env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"})
+    assert shown.returncode == 1
+    assert shown.stdout == ""
+    [line] = shown.stderr.strip().splitlines()
+    assert line.startswith(f"ERROR: taxi.status: the MLflow registry at {proxy.url} answered: ") and "500" in line
 
 
 def test_an_s3_store_is_listed_like_a_folder(trained, tmp_path):
