@@ -1,5 +1,5 @@
 """`python -m taxi.status [COLOR]`, what scripts/status runs: the trained months of each color, from the store's
-registration records and the registry's current aliases, then what luigid has running or failed.
+registration records and the registry's current aliases, then what luigid has running, failed or disabled.
 
 Errors (tracking server down, store unreachable) are one line on stderr and exit 1.
 """
@@ -28,7 +28,7 @@ from taxi.urls import redact
 log = logging.getLogger("taxi.status")  # not __name__: that is "__main__" under python -m
 
 MISSING = "missing"  # the alias column of a registration whose version this registry does not have
-SCHEDULER_STATUSES = ("RUNNING", "FAILED")
+SCHEDULER_STATUSES = ("RUNNING", "FAILED", "DISABLED")  # DISABLED: failed too often, see config/luigid.cfg
 COLUMNS = ("month", "version", "alias now", "decision", "val RMSE", "registered (UTC)", "report")
 
 
@@ -119,7 +119,7 @@ def scheduler_url() -> str | None:
 
 
 def scheduler_tasks(url: str) -> list[dict]:
-    """luigid's RUNNING and FAILED tasks from its JSON API, least recently updated first."""
+    """luigid's RUNNING, FAILED and DISABLED tasks from its JSON API, least recently updated first."""
     tasks: list[dict] = []
     for status in SCHEDULER_STATUSES:
         answer = requests.get(f"{url.rstrip('/')}/api/task_list", params={"data": json.dumps({"status": status})},
@@ -130,7 +130,7 @@ def scheduler_tasks(url: str) -> list[dict]:
 
 
 def scheduler_section(url: str | None) -> str:
-    """What luigid has running or failed, or one line saying why there is nothing to show."""
+    """What luigid has running, failed or disabled, or one line saying why there is nothing to show."""
     if url is None:
         return "luigid: no central scheduler is configured ([core] local_scheduler = true)"
     shown = redact(url)

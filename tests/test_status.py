@@ -42,7 +42,10 @@ def services(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("status-services")
     mlflow = mlflow_service(workdir / "mlflow").start()
     try:
-        luigid = luigid_service(workdir / "luigid").start()
+        luigid = luigid_service(workdir / "luigid")
+        config = workdir / "luigid" / "luigid.cfg"  # a task is disabled at its second failure (retry policy)
+        config.write_text(config.read_text().replace("[scheduler]\n", "[scheduler]\nretry_count = 2\n"))
+        luigid.start()
         yield mlflow, luigid
         luigid.stop()
     finally:
@@ -52,7 +55,7 @@ def services(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, sampled_tlc, services) -> Trained:
     """2021-01 registered (champion), then 2023-01 (challenger: worse), then an operator made 2023-01 champion by
-    hand; and a run of a month missing from the mirror failed against luigid."""
+    hand; against luigid, a month missing from the mirror failed once, and another one twice (so it is disabled)."""
     mlflow, luigid = services
     workdir = tmp_path_factory.mktemp("status")
     sections = {"taxi": {"source": str(sampled_tlc), "store": str(workdir / "store"), "threads": "1"},
@@ -63,9 +66,10 @@ def trained(tmp_path_factory, sampled_tlc, services) -> Trained:
         assert done.returncode == 0, done.stderr[-3000:]
     client = MlflowClient(mlflow.url)
     client.set_registered_model_alias(MODEL, "champion", "2")
-    failed = run_luigi(workdir, with_scheduler(workdir / "central.cfg", sections, luigid.url),
-                       "DownloadMonth", "--year", "2020", "--month", "5")
-    assert failed.returncode == 30, failed.stderr[-3000:]
+    central = with_scheduler(workdir / "central.cfg", sections, luigid.url)
+    for month in ("5", "6", "6"):
+        failed = run_luigi(workdir, central, "DownloadMonth", "--year", "2020", "--month", month)
+        assert failed.returncode == 30, failed.stderr[-3000:]
     records = {path.parts[-3]: path for path in (workdir / "store" / "runs" / "green").rglob("registration.json")}
     return Trained(workdir, mlflow, luigid, sections,
                    {month: json.loads(path.read_text()) for month, path in records.items()},
@@ -122,8 +126,8 @@ def test_a_color_argument_shows_only_that_color(trained):
     assert MODEL not in shown.stdout
 
 
-def test_luigid_section_lists_what_it_has_running_and_failed(trained, sampled_tlc):
-    """A month missing from the mirror failed (fixture); a download stalls at half its body while status runs."""
+def test_luigid_section_lists_what_it_has_running_failed_and_disabled(trained, sampled_tlc):
+    """Months missing from the mirror failed and were disabled (fixture); a download stalls while status runs."""
     workdir = trained.workdir / "stalled"
     workdir.mkdir()
     with FlakyMirror(sampled_tlc, stall_seconds=60) as mirror:
@@ -141,9 +145,11 @@ def test_luigid_section_lists_what_it_has_running_and_failed(trained, sampled_tl
             run.kill()
     assert shown.returncode == 0, shown.stderr[-3000:]
     section = shown.stdout[shown.stdout.index(f"luigid {trained.luigid.url}: "):].splitlines()
-    assert section[0] == f"luigid {trained.luigid.url}: 1 running, 1 failed"
+    assert section[0] == f"luigid {trained.luigid.url}: 1 running, 1 failed, 1 disabled"
     assert re.fullmatch(r"FAILED +[\d-]+ [\d:]+  DownloadMonth\(color=green, month=5, year=2020\)", section[1])
-    assert re.fullmatch(r"RUNNING +[\d-]+ [\d:]+  DownloadMonth\(color=green, month=1, year=2021\)", section[2])
+    assert re.fullmatch(r"DISABLED [\d-]+ [\d:]+  DownloadMonth\(color=green, month=6, year=2020\)", section[2])
+    assert re.fullmatch(r"RUNNING +[\d-]+ [\d:]+  DownloadMonth\(color=green, month=1, year=2021\)", section[3])
+    assert len(section) == 4
 
 
 def running(luigid: Service) -> list[dict]:
