@@ -1,6 +1,6 @@
 """scripts/status against real services: an `mlflow server` holding what two real RegisterModel runs registered
-(then an operator moved the champion alias by hand), a real luigid with a failed and a running task, the same store
-in a real S3 server, and the one-line error when the tracking server is down."""
+(then an operator moved the champion alias by hand), a real luigid with a failed, a disabled and a running task, the
+same store in a real S3 server, and the one-line errors when the tracking server is down or answers 500."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import requests
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import (ROOT, SMALL_TUNING, Service, free_port, luigid_service, mlflow_service, run_luigi,
-                            wait_until, write_config)
+                            write_config)
 from tests.flaky_http import STALL, FlakyMirror
 from tests.http_proxy import CHAMPION_LOOKUP, Proxy
 from tests.luigi_process import LuigiProcess, private_lock
