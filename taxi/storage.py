@@ -317,3 +317,18 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # another user's live process
         return True
     return True
+
+
+# --- listing ---
+
+def list_targets(store: str, prefix: str, suffix: str) -> list[str]:
+    """The paths, relative to `store` and sorted, of every target under `prefix` whose path ends with `suffix`
+    (for `target(store, path)`); none when `prefix` does not exist."""
+    if is_s3(store):
+        client, root = s3_client(), f"{store.rstrip('/')}/"
+        with s3_errors_named(client, f"{root}{prefix}"):
+            urls = list(client.listdir(f"{root}{prefix}"))
+        return sorted(url[len(root):] for url in urls if url.endswith(suffix))
+    paths = [os.path.relpath(os.path.join(folder, name), store)
+             for folder, _, names in os.walk(os.path.join(store, prefix)) for name in names]
+    return sorted(path for path in paths if path.endswith(suffix))

@@ -15,7 +15,7 @@ import luigi
 import luigi.configuration
 from tqdm import tqdm
 
-from taxi import data, report, storage
+from taxi import data, notify, report, storage
 from taxi.urls import redact, tracking_identity
 from taxi.tuning import TuningSettings
 
@@ -74,6 +74,12 @@ def _configure_logs() -> None:
 def _use_private_tmp(task: luigi.Task) -> None:
     """Every temporary file of a run goes to a folder of its own, removed at exit; killed runs' folders are swept."""
     storage.use_private_tmp()
+
+
+@luigi.Task.event_handler(luigi.Event.FAILURE)
+def _notify_failure(task: luigi.Task, exception: BaseException) -> None:
+    """Post every failed task to the webhook of TAXI_WEBHOOK_URL, if set (README "Status and notifications")."""
+    notify.post(notify.failure_text(repr(task), exception))
 
 
 _read_project_defaults()
@@ -489,6 +495,8 @@ class RegisterModel(TrainingTask):
             self.set_tracking_url(url)
         self._write_report(trained, registration, valid_df, started)
         storage.write_json(registration, self.output()["registration.json"])
+        if registration["decision"] == registry.CHAMPION:
+            notify.post(notify.champion_text(registration, self.ym, self.output()["report.md"].path))
 
     def _log_again(self, trained: dict, tracking_uri: str) -> dict:
         """TrainModel logged this model in another registry (the store was built against it): log the stored booster

@@ -1,0 +1,180 @@
+"""`python -m taxi.status [COLOR]`, what scripts/status runs: the trained months of each color, from the store's
+registration records and the registry's current aliases, then what luigid has running, failed or disabled.
+
+Errors (tracking server down, store unreachable) are one line on stderr and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import posixpath
+import sys
+from dataclasses import dataclass
+
+import luigi.interface
+import mlflow
+import requests
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from taxi import data, registry, storage
+from taxi.tasks import MlflowConfig, TaxiConfig
+from taxi.urls import redact
+
+log = logging.getLogger("taxi.status")  # not __name__: that is "__main__" under python -m
+
+MISSING = "missing"  # the alias column of a registration whose version this registry does not have
+SCHEDULER_STATUSES = ("RUNNING", "FAILED", "DISABLED")  # DISABLED: failed too often, see config/luigid.cfg
+COLUMNS = ("month", "version", "alias now", "decision", "val RMSE", "registered (UTC)", "report")
+
+
+@dataclass(frozen=True)
+class Version:
+    """One version of a registered model as the registry has it now."""
+
+    run_id: str
+    aliases: tuple[str, ...]
+    created: dt.datetime
+
+
+@dataclass(frozen=True)
+class Row:
+    """One trained month: its registration record, with the alias and creation time the registry has now."""
+
+    month: str
+    version: int
+    alias: str  # champion, challenger, none, or MISSING
+    decision: str  # when it was registered
+    val_rmse: float
+    registered: dt.datetime | None
+    report: str
+
+
+def registry_versions(name: str) -> dict[int, Version]:
+    """Every version of the registered model `name` at the current tracking URI (none if it does not exist)."""
+    client = MlflowClient()
+    try:
+        aliases = client.get_registered_model(name).aliases  # a version search leaves them out against a server
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return {}
+        raise
+    return {int(v.version): Version(v.run_id, tuple(a for a, at in aliases.items() if int(at) == int(v.version)),
+                                    dt.datetime.fromtimestamp(v.creation_timestamp / 1000, dt.timezone.utc))
+            for v in client.search_model_versions(f"name='{name}'")}
+
+
+def registrations(store: str, color: str) -> list[tuple[str, dict]]:
+    """(run folder relative to the store, its registration.json) of every registered run of `color`."""
+    return [(posixpath.dirname(path), storage.read_json(storage.target(store, path)))
+            for path in storage.list_targets(store, f"runs/{color}", "/registration.json")]
+
+
+def make_row(store: str, folder: str, registration: dict, versions: dict[int, Version]) -> Row:
+    """The row of one run folder (runs/{color}/{YYYY-MM}/...); MISSING when the registry lacks its version."""
+    version = versions.get(registration["version"])
+    if version is not None and version.run_id != registration["run_id"]:
+        version = None  # the same number in another registry
+    alias = MISSING if version is None else next(
+        (a for a in (registry.CHAMPION, registry.CHALLENGER) if a in version.aliases), "none")
+    return Row(month=folder.split("/")[2], version=registration["version"], alias=alias,
+               decision=registration["decision"], val_rmse=registration["val_rmse"],
+               registered=None if version is None else version.created,
+               report=storage.target(store, f"{folder}/report.md").path)
+
+
+def table(rows: list[Row]) -> str:
+    """The rows as aligned plain-text columns under a header, by month and version."""
+    cells = [COLUMNS] + [(r.month, f"v{r.version}", r.alias, r.decision, f"{r.val_rmse:.4f}",
+                          r.registered.strftime("%Y-%m-%d %H:%M:%S") if r.registered else "-", r.report)
+                         for r in sorted(rows, key=lambda r: (r.month, r.version))]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS) - 1)]
+    return "\n".join("  ".join([*(cell.ljust(w) for cell, w in zip(line, widths)), line[-1]]) for line in cells)
+
+
+def color_section(store: str, tracking_uri: str, color: str) -> str:
+    """The table of `color`'s trained months, titled with the model, registry and store."""
+    name = registry.model_name(color)
+    found = registrations(store, color)
+    if not found:
+        return f"{name}: no trained month in {store}"
+    versions = registry_versions(name)
+    rows = [make_row(store, folder, registration, versions) for folder, registration in found]
+    text = f"{name} (registry {tracking_uri}, store {store})\n{table(rows)}"
+    if any(row.alias == MISSING for row in rows):
+        text += f"\n{MISSING}: registered in another registry (see its registration.json), not in {tracking_uri}"
+    return text
+
+
+def scheduler_url() -> str | None:
+    """luigid's URL when runs use one ([core] local_scheduler = false), else None."""
+    core = luigi.interface.core()
+    if core.local_scheduler:
+        return None
+    return core.scheduler_url or f"http://{core.scheduler_host}:{core.scheduler_port}/"
+
+
+def scheduler_tasks(url: str) -> list[dict]:
+    """luigid's RUNNING, FAILED and DISABLED tasks from its JSON API, least recently updated first."""
+    tasks: list[dict] = []
+    for status in SCHEDULER_STATUSES:
+        answer = requests.get(f"{url.rstrip('/')}/api/task_list", params={"data": json.dumps({"status": status})},
+                              timeout=10)
+        answer.raise_for_status()
+        tasks += answer.json()["response"].values()
+    return sorted(tasks, key=lambda task: task["last_updated"] or 0)
+
+
+def scheduler_section(url: str | None) -> str:
+    """What luigid has running, failed or disabled, or one line saying why there is nothing to show."""
+    if url is None:
+        return "luigid: no central scheduler is configured ([core] local_scheduler = true)"
+    shown = redact(url)
+    try:
+        tasks = scheduler_tasks(url)
+    except requests.RequestException as exc:
+        return f"luigid {shown}: not reachable ({type(exc).__name__})"
+    counts = ", ".join(f"{sum(t['status'] == s for t in tasks)} {s.lower()}" for s in SCHEDULER_STATUSES)
+    lines = [f"luigid {shown}: {counts}"]
+    for task in tasks:
+        since = dt.datetime.fromtimestamp(task["last_updated"], dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        message = f"  {task['status_message']}" if task.get("status_message") else ""
+        lines.append(f"{task['status']:<8} {since}  {task['display_name']}{message}")
+    return "\n".join(lines)
+
+
+def status(colors: list[str]) -> str:
+    """The whole status text: a table per color, then luigid's section."""
+    store = TaxiConfig().store
+    store = store if storage.is_s3(store) else os.path.abspath(store)
+    tracking_uri = MlflowConfig().connect()
+    sections = [color_section(store, tracking_uri, color) for color in colors]
+    return "\n\n".join([*sections, scheduler_section(scheduler_url())])
+
+
+def first_line(text: str) -> str:
+    return (text.strip().splitlines() or [""])[0]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="status", description=__doc__.split("\n\n")[0])
+    parser.add_argument("color", nargs="?", choices=data.COLORS, help="one color (default: every color)")
+    args = parser.parse_args(argv)
+    try:
+        text = status([args.color] if args.color else list(data.COLORS))
+    except MlflowException as exc:
+        log.error("the MLflow registry at %s answered: %s", redact(mlflow.get_tracking_uri()), first_line(exc.message))
+        sys.exit(1)
+    except (registry.TrackingUnavailable, storage.StoreUnreachable, storage.StoreRefused,
+            storage.CorruptTarget) as exc:
+        log.error("%s", first_line(str(exc)))
+        sys.exit(1)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
