@@ -20,7 +20,8 @@ from tests.conftest import ROOT
 
 UNITS = ROOT / "systemd"
 INSTALL_DIR = Path("/opt/taxi")
-CHECKED_UNITS = ["luigid.service", "mlflow.service", "taxi-train@green.service", "taxi-train@yellow.timer"]
+CHECKED_UNITS = ["luigid.service", "mlflow.service", "taxi-train@green.service", "taxi-train@yellow.timer",
+                 "taxi-worker.service"]
 MAX_EXPOSURE = 4.0
 
 
@@ -81,7 +82,8 @@ def test_verify_reports_a_misspelt_key(scratch_root):
     assert done.returncode == 0 and "Unknown key 'ProtectSystm' in section [Service]" in done.stderr
 
 
-@pytest.mark.parametrize("unit", ["luigid.service", "mlflow.service", "taxi-train@green.service"])
+@pytest.mark.parametrize("unit", ["luigid.service", "mlflow.service", "taxi-train@green.service",
+                                  "taxi-worker.service"])
 def test_service_exposure_is_at_most_4(scratch_root, unit, capsys):
     done = subprocess.run(["systemd-analyze", "security", "--offline=true", f"--root={scratch_root}",
                            f"--threshold={int(MAX_EXPOSURE * 10)}", "--no-pager", unit],
