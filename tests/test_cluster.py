@@ -10,20 +10,25 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import json
 import os
 import re
+import secrets
+import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
 from tests.cluster import (BUCKET, Cluster, Host, files_owned_by, luigid_server, mlflow_server, shipped,
                            worker_host, write_months)
-from tests.conftest import BIN, ROOT, SMALL_TUNING, Service
+from tests.conftest import BIN, ROOT, SMALL_TUNING, Service, free_port, write_config
 
 MODEL = "taxi-duration-green"
 TRAIN_MONTHS = [(2022, month) for month in range(1, 7)]
@@ -281,3 +286,38 @@ def test_two_registrations_at_the_same_moment_register_both_with_the_right_champ
     assert race.champion == replayed_champion(race.records)
     (_, first_done), (second_start, _) = race.spans
     assert first_done <= second_start, race.spans  # luigid ran them one after the other (resource mlflow_registry)
+
+
+def test_services_script_runs_luigid_and_mlflow_on_postgresql(tmp_path):
+    var = Path(tempfile.mkdtemp(prefix="taxi-services-"))  # PostgreSQL's account must reach it: not under tmp_path
+    var.chmod(0o711)
+    ports = {"LUIGID_PORT": str(free_port()), "MLFLOW_PORT": str(free_port()), "PG_PORT": str(free_port())}
+    password = secrets.token_urlsafe(24)
+    env = {**os.environ, "TAXI_VAR": str(var / "var"), "PGPASSWORD": password, **ports}
+    services = str(ROOT / "scripts" / "services")
+    connect = functools.partial(psycopg.connect, host="127.0.0.1", port=ports["PG_PORT"], user="taxi",
+                                password=password)
+    try:
+        started = subprocess.run([services, "start", "--postgres"], capture_output=True, text=True, env=env,
+                                 timeout=300)
+        assert started.returncode == 0, started.stderr
+        assert f"postgres: 127.0.0.1:{ports['PG_PORT']}" in started.stdout
+        luigid = f"http://127.0.0.1:{ports['LUIGID_PORT']}"
+        config = write_config(tmp_path / "central.cfg", {"core": {"local_scheduler": "false", "scheduler_url": luigid}})
+        subprocess.run([str(BIN / "luigi"), "--module", "taxi.tasks", "WrapperTask", "--no-lock"], cwd=tmp_path,
+                       check=True, capture_output=True, env={**os.environ, "LUIGI_CONFIG_PATH": str(config)},
+                       timeout=120)
+        assert requests.get(f"http://127.0.0.1:{ports['MLFLOW_PORT']}/health", timeout=10).text == "OK"
+        with connect(dbname="luigid") as db:  # the task history
+            assert [row[0] for row in db.execute("SELECT name FROM tasks")] == ["WrapperTask"]
+        with connect(dbname="mlflow") as db:  # MLflow's schema
+            assert db.execute("SELECT count(*) FROM experiments").fetchone() == (1,)
+    finally:
+        stopped = subprocess.run([services, "stop"], capture_output=True, text=True, env=env, timeout=120)
+        leaks = [p for p in (var / "var").rglob("*") if p.is_file() and password.encode() in p.read_bytes()]
+        shutil.rmtree(var)
+    assert stopped.returncode == 0 and stopped.stdout.splitlines() == ["mlflow stopped", "luigid stopped",
+                                                                       "postgres stopped"]
+    with pytest.raises(psycopg.OperationalError):
+        connect(dbname="luigid")
+    assert leaks == []
