@@ -21,8 +21,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from taxi import synthetic
 from tests.conftest import BIN, ROOT, Service, free_port, write_config
 from tests.postgres import Postgres
@@ -155,13 +153,21 @@ class Cluster:
         self.base.chmod(0o711)
         self.hosts: list[Host] = []
 
-    def start(self) -> "Cluster":
+    def start(self, services: bool = True) -> "Cluster":
+        """PostgreSQL, SeaweedFS with the bucket and, unless `services` is false, an MLflow server and luigid."""
         self.pg.start()
         self.s3.start()
         self.s3.create_bucket(BUCKET)
-        self.mlflow = mlflow_server(self.workdir / "mlflow", self.pg.create_database("mlflow"), self, "mlartifacts")
-        self.luigid = luigid_server(self.workdir / "luigid", self.pg, "luigid")
+        if services:
+            self.mlflow, self.luigid = self.services("")
         return self
+
+    def services(self, name: str) -> tuple[Service, Service]:
+        """Another MLflow server and luigid, each with a database of its own (suffix `name`)."""
+        suffix = f"_{name}" if name else ""
+        mlflow = mlflow_server(self.workdir / f"mlflow{suffix}", self.pg.create_database(f"mlflow{suffix}"), self,
+                               f"mlartifacts{suffix}")
+        return mlflow, luigid_server(self.workdir / f"luigid{suffix}", self.pg, f"luigid{suffix}")
 
     @property
     def secrets(self) -> dict[str, str]:
@@ -220,7 +226,3 @@ def luigid_server(workdir: Path, pg: Postgres, database: str) -> Service:
                               "--state-path", str(workdir / "state.pickle"), "--logdir", str(workdir)],
                    port, "/api/graph", workdir / "luigid.log",
                    env={"LUIGI_CONFIG_PATH": str(config), **pg.env}).start()
-
-
-def month_rows(path: Path) -> int:
-    return pq.ParquetFile(path).metadata.num_rows
