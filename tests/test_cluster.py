@@ -321,3 +321,25 @@ def test_services_script_runs_luigid_and_mlflow_on_postgresql(tmp_path):
     with pytest.raises(psycopg.OperationalError):
         connect(dbname="luigid")
     assert leaks == []
+
+
+def test_central_host_drop_ins_verify_and_keep_the_sandbox(tmp_path):
+    """systemd/cluster/*.service.d: luigid and MLflow of the central host on PostgreSQL, as systemd reads them."""
+    root = tmp_path / "root"
+    shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
+    shutil.copytree(ROOT / "systemd", root / "etc/systemd/system", ignore=shutil.ignore_patterns("cluster"))
+    shutil.copytree(ROOT / "systemd" / "cluster", root / "etc/systemd/system", dirs_exist_ok=True)
+    named = {Path(p) for unit in (root / "etc/systemd/system").rglob("*.service*") if unit.is_file()
+             for p in re.findall(r"/opt/taxi/[\w./@-]+", unit.read_text())}
+    for path in named:
+        assert (ROOT / path.relative_to("/opt/taxi")).is_file(), path
+        stand_in = root / path.relative_to("/")
+        stand_in.parent.mkdir(parents=True, exist_ok=True)
+        stand_in.write_text("#!/bin/sh\n")
+        stand_in.chmod(0o755)
+    for unit in ("luigid.service", "mlflow.service"):
+        verify = subprocess.run(["systemd-analyze", "verify", f"--root={root}", unit], capture_output=True, text=True)
+        assert verify.returncode == 0 and verify.stdout + verify.stderr == "", verify.stderr
+        shown = subprocess.run(["systemd-analyze", "security", "--offline=true", f"--root={root}", "--no-pager", unit],
+                               capture_output=True, text=True).stdout
+        assert float(re.search(r"Overall exposure level for \S+: ([\d.]+)", shown).group(1)) <= 2.0, shown
