@@ -26,8 +26,8 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
-from tests.cluster import (BUCKET, Cluster, Host, files_owned_by, luigid_server, mlflow_server, shipped,
-                           worker_host, write_months)
+from tests.cluster import (BUCKET, Cluster, Host, files_owned_by, luigid_server, mlflow_server, worker_host,
+                           write_months)
 from tests.conftest import BIN, ROOT, SMALL_TUNING, Service, free_port, write_config
 
 MODEL = "taxi-duration-green"
