@@ -46,11 +46,11 @@ def run_backfill(cluster: Cluster, hosts: int, run: int, args: argparse.Namespac
     """One backfill of args.months months with `hosts` worker hosts; its wall time and task history."""
     mlflow, luigid = cluster.services(f"run{run}")
     prefix = f"run{run}"
-    config = cluster.profile(cluster.base / f"{prefix}.cfg", {
-        "taxi": {"store": f"s3://{BUCKET}/{prefix}", "threads": "1"},
-        "TuneHyperparams": {"max_evals": str(args.max_evals)},
-        "worker": {"max_keep_alive_idle_duration": "24 hours"},  # the submitter runs nothing, so it is idle throughout
-    }, mlflow=mlflow, luigid=luigid)
+    overrides = {"taxi": {"store": f"s3://{BUCKET}/{prefix}", "threads": "1"},
+                 "worker": {"max_keep_alive_idle_duration": "24 hours"}}  # the submitter runs nothing: idle throughout
+    if args.max_evals:
+        overrides["TuneHyperparams"] = {"max_evals": str(args.max_evals)}
+    config = cluster.profile(cluster.base / f"{prefix}.cfg", overrides, mlflow=mlflow, luigid=luigid)
     *workers, submitter = cluster.add_hosts(*[f"{prefix}-worker-{i}" for i in range(1, hosts + 1)],
                                             f"{prefix}-submitter")
     try:
@@ -100,7 +100,7 @@ def summarize(args: argparse.Namespace, runs: list[dict], load_before: tuple[flo
                                  ESTIMATE_MONTHS * register)) for hosts in ESTIMATE_HOSTS}
     ratio = wall[2] / wall[1]
     return {
-        "months": args.months, "rows": args.rows, "max_evals": args.max_evals, "repeat": args.repeat,
+        "months": args.months, "rows": args.rows, "max_evals": args.max_evals or "luigi.cfg", "repeat": args.repeat,
         "wall_seconds": {f"{h}_hosts": round(s, 1) for h, s in wall.items()}, "ratio_2_to_1": round(ratio, 3),
         "per_month_seconds": round(per_month, 1), "overhead_per_month_seconds": round(overhead, 1),
         "register_seconds": register, "estimate_24_months_seconds": {f"{h}_hosts": s for h, s in estimate.items()},
@@ -129,12 +129,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="The same backfill on 1 and on 2 single-threaded worker hosts.")
     parser.add_argument("--months", type=int, default=4, help="training months in the backfill (default %(default)s)")
     parser.add_argument("--rows", type=int, default=20_000, help="rows per synthetic month (default %(default)s)")
-    parser.add_argument("--max-evals", type=int, default=3, help="tuning trials per month (default %(default)s)")
+    parser.add_argument("--max-evals", type=int, help="tuning trials per month (default: luigi.cfg's)")
     parser.add_argument("--repeat", type=int, default=1, help="run each host count this many times, alternating")
     parser.add_argument("--source-dir", default=str(bench.DEFAULT_SOURCE_DIR),
                         help="folder with the real green 2021-01 and 2021-02 TLC files (default %(default)s)")
     args = parser.parse_args(argv)
-    if min(args.months, args.rows, args.max_evals, args.repeat) < 1:
+    if min(args.months, args.rows, args.max_evals or 1, args.repeat) < 1:
         parser.error("--months, --rows, --max-evals and --repeat must be at least 1")
     return args
 
