@@ -13,6 +13,7 @@ from __future__ import annotations
 import configparser
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import stat
@@ -27,8 +28,7 @@ from tests.postgres import Postgres
 from tests.s3server import SeaweedS3
 
 BUCKET = "taxi"
-SOURCE = f"s3://{BUCKET}/tlc"
-FIRST_UID = 61000
+UIDS = range(200_000, 2_000_000)  # far above any distribution's accounts, so a leftover file of an old run is unlikely
 
 
 def shipped(name: str) -> dict[str, dict[str, str]]:
@@ -43,17 +43,16 @@ def merged(base: dict, overrides: dict) -> dict[str, dict[str, str]]:
 
 
 def free_uids(count: int) -> list[int]:
-    """`count` uids that no account of this machine has and no process runs as."""
+    """`count` random uids that no account of this machine has and no process runs as."""
     busy = {os.stat(f"/proc/{pid}").st_uid for pid in os.listdir("/proc") if pid.isdigit()}
-    uids = []
-    uid = FIRST_UID
+    uids: list[int] = []
     while len(uids) < count:
+        uid = secrets.choice(UIDS)
         try:
             pwd.getpwuid(uid)
         except KeyError:
-            if uid not in busy:
+            if uid not in busy and uid not in uids:
                 uids.append(uid)
-        uid += 1
     return uids
 
 
@@ -117,8 +116,9 @@ class Host:
                 self.kill()
 
 
-def worker_host(host: Host, config: Path, env: dict[str, str], workers: int = 1) -> subprocess.Popen:
-    return host.start([str(ROOT / "scripts" / "worker"), "--workers", str(workers)], config, env)
+def worker_host(host: Host, config: Path, env: dict[str, str]) -> subprocess.Popen:
+    """scripts/worker with one single-threaded assistant on `host`."""
+    return host.start([str(ROOT / "scripts" / "worker"), "--workers", "1"], config, env)
 
 
 def files_owned_by(uids: set[int]) -> list[Path]:
