@@ -20,12 +20,13 @@ from tests.conftest import ROOT
 
 UNITS = ROOT / "systemd"
 INSTALL_DIR = Path("/opt/taxi")
-CHECKED_UNITS = ["luigid.service", "mlflow.service", "taxi-train@green.service", "taxi-train@yellow.timer"]
+CHECKED_UNITS = ["luigid.service", "mlflow.service", "taxi-train@green.service", "taxi-train@yellow.timer",
+                 "taxi-worker.service"]
 
 
 def readme_exposures() -> dict[str, float]:
     """The exposure README "Operations" states per unit, from its sentence "... rates their exposure 1.1 (luigid,
-    mlflow) and 1.2 (taxi-train@), "OK"": unit name prefix -> figure."""
+    mlflow), 1.2 (taxi-train@) and 1.1 (taxi-worker), "OK"": unit name prefix -> figure."""
     readme = " ".join((ROOT / "README.md").read_text().split())
     sentence = re.search(r'rates their exposure (.+?), "OK"', readme).group(1)
     return {name.strip(): float(figure) for figure, names in re.findall(r"([\d.]+) \(([^)]+)\)", sentence)
@@ -89,7 +90,8 @@ def test_verify_reports_a_misspelt_key(scratch_root):
     assert done.returncode == 0 and "Unknown key 'ProtectSystm' in section [Service]" in done.stderr
 
 
-@pytest.mark.parametrize("unit", ["luigid.service", "mlflow.service", "taxi-train@green.service"])
+@pytest.mark.parametrize("unit", ["luigid.service", "mlflow.service", "taxi-train@green.service",
+                                  "taxi-worker.service"])
 def test_service_exposure_is_what_the_readme_says(scratch_root, unit, capsys):
     promised = next(figure for name, figure in readme_exposures().items() if unit.startswith(name))
     done = subprocess.run(["systemd-analyze", "security", "--offline=true", f"--root={scratch_root}",
