@@ -25,8 +25,9 @@ def plots(y_true: np.ndarray, y_pred: np.ndarray, importances: dict[str, float],
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # matplotlib loads in seconds: only when plotting
 
-    fig, ax = plt.subplots(figsize=(6, 6))
-    ax.hexbin(y_true, y_pred, gridsize=60, bins="log", cmap="viridis", extent=(0, 60, 0, 60))
+    fig, ax = plt.subplots(figsize=(7, 6))
+    cells = ax.hexbin(y_true, y_pred, gridsize=60, bins="log", cmap="viridis", extent=(0, 60, 0, 60), mincnt=1)
+    fig.colorbar(cells, ax=ax, label="trips per cell (log scale)")
     ax.plot([0, 60], [0, 60], color="red", linewidth=1)
     ax.set(xlabel="actual duration (min)", ylabel="predicted duration (min)", title="Validation: predicted vs actual")
     predicted_vs_actual = _png(fig)
@@ -36,10 +37,12 @@ def plots(y_true: np.ndarray, y_pred: np.ndarray, importances: dict[str, float],
     ax.set(xlabel="predicted - actual (min)", ylabel="trips", title="Validation residuals")
     residuals = _png(fig)
 
+    # trip_distance's gain is orders of magnitude above any zone pair's: on a linear axis only its bar shows
     ranked = sorted(importances.items(), key=lambda kv: kv[1], reverse=True)[:top]
     fig, ax = plt.subplots(figsize=(7, 0.3 * max(len(ranked), 1) + 1))
     ax.barh([name for name, _ in ranked][::-1], [value for _, value in ranked][::-1], color="darkorange")
-    ax.set(xlabel="total gain", title=f"Top {len(ranked)} features")
+    ax.set_xscale("log")
+    ax.set(xlabel="total gain (log scale)", title=f"Top {len(ranked)} features")
     importance = _png(fig)
     return dict(zip(PLOTS, (predicted_vs_actual, residuals, importance)))
 
