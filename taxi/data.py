@@ -110,8 +110,9 @@ def fetch(url: str, dest: str, *, retries: int = 4, backoff: float = 2.0, timeou
                 if attempt > retries:
                     raise exc.gave_up(attempt) from None
                 delay = backoff * 2 ** (attempt - 1)
-                log.warning("download of %s failed (%s); retry %d/%d in %.1fs", redact(url), exc.reason, attempt,
-                            retries, delay)
+                # a failure with a hint (no connection at all: offline?) says what to do from its first warning on
+                what = str(exc) if exc.hint else f"download of {redact(url)} failed ({exc.reason})"
+                log.warning("%s; retry %d/%d in %.1fs", what, attempt, retries, delay)
                 time.sleep(delay)
     path = unquote(parsed.path) if parsed.scheme == "file" else url
     if not os.path.exists(path):
