@@ -1,0 +1,159 @@
+"""What a new user and an operator meet first (issue 13), each the way they meet it: the README's first command as
+written in a fresh copy of the checkout, its model-loading snippet from another folder, the first line of an offline
+run, one store registered in two registries, and the tracking URLs and run durations luigid and MLflow show."""
+
+from __future__ import annotations
+
+import configparser
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import requests
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import (BIN, ROOT, SMALL_TUNING, free_port, luigid_service, mlflow_service, run_luigi,
+                            write_config)
+from tests.luigi_process import private_lock
+
+MONTH = ("--year", "2021", "--month", "1")
+MODEL = "taxi-duration-green"
+log = logging.getLogger(__name__)
+
+HINT = "offline? set [taxi] source or TAXI_SOURCE to a mirror folder of TLC files"
+
+
+def not_info(stderr: str) -> list[str]:
+    """The lines of a run's stderr that are not Luigi's or the pipeline's INFO progress: what a user reads first."""
+    return [line for line in stderr.splitlines() if line.strip() and not line.startswith(("INFO:", "DEBUG:"))]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Offline, without a mirror
+
+
+def test_offline_without_a_mirror_the_first_line_names_the_cause_and_the_fix(tmp_path):
+    """A source nobody answers at (as offline: no connection at all): the first line that is not progress names the
+    host, the reason and what to do; so does the task's failure line, before Luigi's traceback."""
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    config = write_config(tmp_path / "offline.cfg", {
+        "taxi": {"source": url, "store": str(tmp_path / "store"), "download_retries": "1", "retry_backoff": "0.05"},
+        "core": private_lock(tmp_path)})
+    run = run_luigi(tmp_path, config, "DownloadMonth", *MONTH, timeout=120)
+    assert run.returncode == 30, run.stderr[-3000:]
+    file = f"{url}/green_tripdata_2021-01.parquet"
+    cause = f"cannot reach 127.0.0.1 for {file} ([Errno 111] Connection refused)"
+    lines = not_info(run.stderr)
+    assert lines[0] == f"WARNING: taxi.data: {cause}; {HINT}; retry 1/1 in 0.1s", lines[:3]
+    failed = next(line for line in lines if line.startswith("ERROR"))
+    assert failed == (f"ERROR: taxi.tasks: DownloadMonth(color=green, year=2021, month=1) failed: SourceUnreachable: "
+                      f"{cause} (gave up after 2 attempts); {HINT}")
+    assert not (tmp_path / "store").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One store, two registries
+
+
+def registration(store: Path) -> dict:
+    return json.loads(next(store.rglob("registration.json")).read_text())
+
+
+def test_a_store_registered_in_sqlite_registers_on_a_server_and_then_not_again_in_sqlite(tmp_path, sampled_tlc):
+    """The demo's sqlite registry first; the same store pointed at an `mlflow server` registers the month there from
+    the stored booster (no tuning, no training); pointed back at sqlite, it finds its version: no new one."""
+    store, database = tmp_path / "store", tmp_path / "mlflow.db"
+    sections = {"taxi": {"source": str(sampled_tlc), "store": str(store), "threads": "1"},
+                "TuneHyperparams": SMALL_TUNING, "core": private_lock(tmp_path)}
+    local = write_config(tmp_path / "local.cfg", {**sections, "mlflow": {
+        "tracking_uri": f"sqlite:///{database}", "artifact_location": str(tmp_path / "mlartifacts")}})
+    first = run_luigi(tmp_path, local, "RegisterModel", *MONTH)
+    assert first.returncode == 0, first.stderr[-3000:]
+    sqlite = MlflowClient(f"sqlite:///{database}")
+    assert len(sqlite.search_model_versions(f"name='{MODEL}'")) == 1
+    trained = json.loads(next(store.rglob("train.json")).read_text())
+
+    server = mlflow_service(tmp_path / "server").start()
+    try:
+        central = write_config(tmp_path / "central.cfg", {**sections, "mlflow": {"tracking_uri": server.url}})
+        there = run_luigi(tmp_path, central, "RegisterModel", *MONTH)
+        assert there.returncode == 0, there.stderr[-3000:]
+        versions = MlflowClient(server.url).search_model_versions(f"name='{MODEL}'")
+        run = MlflowClient(server.url).get_run(versions[0].run_id)
+    finally:
+        server.stop()
+    assert "1 ran successfully" in there.stderr and "RegisterModel(" in there.stderr.split("ran successfully")[1]
+    assert f"logged in sqlite:///{database}, not in {server.url}: logging the stored model there again" in there.stderr
+    assert len(versions) == 1 and versions[0].run_id != trained["run_id"]
+    assert run.data.metrics["val_rmse"] == pytest.approx(trained["val_rmse"])
+    assert registration(store)["tracking_uri"] == server.url
+
+    back = run_luigi(tmp_path, local, "RegisterModel", *MONTH)
+    assert back.returncode == 0, back.stderr[-3000:]
+    assert "TrainModel(" not in back.stderr.split("ran successfully")[1]
+    assert [v.version for v in sqlite.search_model_versions(f"name='{MODEL}'")] == [1]
+    assert registration(store)["tracking_uri"] == f"sqlite:///{database}"
+    assert registration(store)["version"] == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What the visualiser and the MLflow UI show, for a run through luigid against an `mlflow server`
+
+@pytest.fixture(scope="module")
+def central(tmp_path_factory, sampled_tlc):
+    """RegisterModel of 2021-01 (8000 real trips) through a real luigid, logging to a real `mlflow server`; yields the
+    workdir, the MLflow server's URL and luigid's DONE tasks by family."""
+    workdir = tmp_path_factory.mktemp("central")
+    mlflow, scheduler = mlflow_service(workdir / "mlflow"), luigid_service(workdir / "luigid")
+    try:
+        mlflow.start(), scheduler.start()
+        config = write_config(workdir / "central.cfg", {
+            "taxi": {"source": str(sampled_tlc), "store": str(workdir / "store")},
+            "mlflow": {"tracking_uri": mlflow.url}, "TuneHyperparams": SMALL_TUNING,
+            "core": {**private_lock(workdir), "local_scheduler": "false", "scheduler_url": scheduler.url}})
+        done = run_luigi(workdir, config, "RegisterModel", *MONTH)
+        assert done.returncode == 0, done.stderr[-3000:]
+        query = {"data": json.dumps({"status": "DONE"})}
+        tasks = requests.get(f"{scheduler.url}/api/task_list", params=query, timeout=10).json()["response"]
+        yield workdir, mlflow.url, {task["name"]: task for task in tasks.values()}
+    finally:
+        scheduler.stop()
+        mlflow.stop()
+
+
+def tuning_run(client: MlflowClient):
+    """The search's parent run (its trials are nested runs without the stage tag)."""
+    experiment = client.get_experiment_by_name("taxi-duration").experiment_id
+    [run] = client.search_runs([experiment], "tags.`taxi.stage` = 'tuning'")
+    return run
+
+
+def test_luigid_links_tuning_training_and_registration_to_their_mlflow_pages(central):
+    workdir, mlflow_url, tasks = central
+    client = MlflowClient(mlflow_url)
+    trained = json.loads(next((workdir / "store").rglob("train.json")).read_text())
+    experiment = client.get_experiment_by_name("taxi-duration").experiment_id
+    assert {family: tasks[family]["tracking_url"] for family in ("TuneHyperparams", "TrainModel", "RegisterModel")} == {
+        "TuneHyperparams": f"{mlflow_url}/#/experiments/{experiment}/runs/{tuning_run(client).info.run_id}",
+        "TrainModel": f"{mlflow_url}/#/experiments/{experiment}/runs/{trained['run_id']}",
+        "RegisterModel": f"{mlflow_url}/#/models/{MODEL}/versions/1"}
+    assert client.get_model_version(MODEL, "1").run_id == trained["run_id"]
+
+
+def test_mlflow_run_durations_are_within_a_fifth_of_the_tasks_own_timing(central):
+    """A run is opened before the work it describes: its duration in MLflow is what the task itself measured."""
+    workdir, mlflow_url, _ = central
+    client = MlflowClient(mlflow_url)
+    trained = json.loads(next((workdir / "store").rglob("train.json")).read_text())
+    tuned = json.loads(next((workdir / "store").rglob("best_params.json")).read_text())
+    durations = {}
+    for what, run, seconds in (("tuning", tuning_run(client), tuned["seconds"]),
+                               ("training", client.get_run(trained["run_id"]), trained["seconds"])):
+        durations[what] = ((run.info.end_time - run.info.start_time) / 1000, seconds)
+    log.info("MLflow run and task seconds: %s", durations)
+    assert all(abs(run - task) <= 0.2 * task for run, task in durations.values()), durations
