@@ -34,6 +34,87 @@ def not_info(stderr: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# The README's quick start, as a new user follows it
+
+CLEAN_ENV = ("LUIGI_CONFIG_PATH", "MLFLOW_TRACKING_URI", "TAXI_SOURCE", "TAXI_WEBHOOK_URL")
+
+
+def quick_start() -> str:
+    readme = (ROOT / "README.md").read_text()
+    return readme.split("\n## Quick start\n", 1)[1].split("\n## ", 1)[0]
+
+
+def first_command() -> str:
+    """The quick start's first command line, as a user pastes it."""
+    return next(line[2:] for line in quick_start().splitlines() if line.startswith("$ "))
+
+
+def user_env() -> dict[str, str]:
+    """The environment of a user's shell: none of the pipeline's settings."""
+    return {name: value for name, value in os.environ.items() if name not in CLEAN_ENV}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory, sampled_tlc) -> tuple[Path, subprocess.CompletedProcess]:
+    """The quick start's first command, as written, in a fresh copy of the checkout (the files git tracks; this .venv,
+    made already): the mirror folder it names holds the two sampled months, the copy's luigi.cfg a small tuning
+    budget and a lock folder of its own. Yields the copy and the command's outcome."""
+    checkout = tmp_path_factory.mktemp("newcomer") / "taxi"
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True)
+    for name in filter(None, tracked.stdout.split("\0")):
+        if (ROOT / name).is_file():
+            (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, checkout / name)
+    (checkout / ".venv").symlink_to(ROOT / ".venv")
+    command = first_command()
+    mirror = re.search(r"TAXI_SOURCE=(\S+)", command)
+    assert mirror, f"the first command should work offline, with a mirror folder: {command}"
+    mirror = checkout / mirror.group(1)
+    mirror.mkdir(parents=True, exist_ok=True)
+    for month in ("2021-01", "2021-02"):
+        shutil.copyfile(sampled_tlc / f"green_tripdata_{month}.parquet", mirror / f"green_tripdata_{month}.parquet")
+    config = configparser.ConfigParser(interpolation=None)
+    config.read(checkout / "luigi.cfg")
+    config["TuneHyperparams"].update(SMALL_TUNING)
+    config["core"].update(private_lock(checkout.parent))
+    with open(checkout / "luigi.cfg", "w") as f:
+        config.write(f)
+    run = subprocess.run(["bash", "-c", command], cwd=checkout, capture_output=True, text=True, timeout=600,
+                         env=user_env())
+    return checkout, run
+
+
+def test_the_quick_starts_first_command_works_as_written(demo):
+    """From a fresh copy, offline with the mirror the command names: the model is registered in the copy's
+    ./mlflow.db and the demo says where the report is and how to load the model."""
+    checkout, run = demo
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    assert "8 ran successfully" in run.stderr and "Model:    taxi-duration-green v1 (champion)" in run.stdout
+    report = Path(re.search(r"^Report: +(\S+)", run.stdout, re.MULTILINE).group(1))
+    assert report.is_absolute() and report.is_file() and report.is_relative_to(checkout / "data" / "runs")
+    record = json.loads((report.parent / "registration.json").read_text())
+    assert record["tracking_uri"] == f"sqlite:///{checkout}/mlflow.db" and record["version"] == 1
+
+
+def test_the_readme_snippet_loads_the_model_from_another_folder(demo, tmp_path):
+    """The quick start's Python snippet, with the registry the demo printed, run in a folder of its own: it loads
+    the champion and predicts, and leaves that folder empty (no stray mlflow.db)."""
+    checkout, run = demo
+    printed = re.search(r'mlflow\.set_tracking_uri\("(sqlite:///[^"]+)"\)', run.stdout)
+    assert printed and printed.group(1) == f"sqlite:///{checkout}/mlflow.db", run.stdout
+    snippet = quick_start().split("```python\n", 1)[1].split("```", 1)[0]
+    snippet = re.sub(r'set_tracking_uri\("[^"]*"\)', f'set_tracking_uri("{printed.group(1)}")', snippet)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = subprocess.run([str(checkout / ".venv" / "bin" / "python"), "-c", snippet], cwd=elsewhere,
+                          capture_output=True, text=True, timeout=300, env=user_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    [minutes] = re.findall(r"\d+\.\d+", done.stdout)
+    assert 1 < float(minutes) < 60
+    assert list(elsewhere.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Offline, without a mirror
 
 
