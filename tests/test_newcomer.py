@@ -17,8 +17,7 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import (BIN, ROOT, SMALL_TUNING, free_port, luigid_service, mlflow_service, run_luigi,
-                            write_config)
+from tests.conftest import ROOT, SMALL_TUNING, free_port, luigid_service, mlflow_service, run_luigi, write_config
 from tests.luigi_process import private_lock
 
 MONTH = ("--year", "2021", "--month", "1")
@@ -186,15 +185,16 @@ def test_a_store_registered_in_sqlite_registers_on_a_server_and_then_not_again_i
 # What the visualiser and the MLflow UI show, for a run through luigid against an `mlflow server`
 
 @pytest.fixture(scope="module")
-def central(tmp_path_factory, sampled_tlc):
-    """RegisterModel of 2021-01 (8000 real trips) through a real luigid, logging to a real `mlflow server`; yields the
-    workdir, the MLflow server's URL and luigid's DONE tasks by family."""
+def central(tmp_path_factory, tlc_dir):
+    """RegisterModel of the real 2021-01 through a real luigid, logging to a real `mlflow server`, with seconds of
+    tuning and training (what a task does besides, e.g. connecting, stays a small share); yields the workdir, the
+    MLflow server's URL and luigid's DONE tasks by family."""
     workdir = tmp_path_factory.mktemp("central")
     mlflow, scheduler = mlflow_service(workdir / "mlflow"), luigid_service(workdir / "luigid")
     try:
         mlflow.start(), scheduler.start()
         config = write_config(workdir / "central.cfg", {
-            "taxi": {"source": str(sampled_tlc), "store": str(workdir / "store")},
+            "taxi": {"source": str(tlc_dir), "store": str(workdir / "store")},
             "mlflow": {"tracking_uri": mlflow.url}, "TuneHyperparams": SMALL_TUNING,
             "core": {**private_lock(workdir), "local_scheduler": "false", "scheduler_url": scheduler.url}})
         done = run_luigi(workdir, config, "RegisterModel", *MONTH)
