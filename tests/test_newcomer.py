@@ -164,13 +164,13 @@ def test_a_store_registered_in_sqlite_registers_on_a_server_and_then_not_again_i
         there = run_luigi(tmp_path, central, "RegisterModel", *MONTH)
         assert there.returncode == 0, there.stderr[-3000:]
         versions = MlflowClient(server.url).search_model_versions(f"name='{MODEL}'")
-        run = MlflowClient(server.url).get_run(versions[0].run_id)
+        runs = [MlflowClient(server.url).get_run(version.run_id) for version in versions]
     finally:
         server.stop()
     assert "1 ran successfully" in there.stderr and "RegisterModel(" in there.stderr.split("ran successfully")[1]
     assert f"logged in sqlite:///{database}, not in {server.url}: logging the stored model there again" in there.stderr
     assert len(versions) == 1 and versions[0].run_id != trained["run_id"]
-    assert run.data.metrics["val_rmse"] == pytest.approx(trained["val_rmse"])
+    assert runs[0].data.metrics["val_rmse"] == pytest.approx(trained["val_rmse"])
     assert registration(store)["tracking_uri"] == server.url
 
     back = run_luigi(tmp_path, local, "RegisterModel", *MONTH)
