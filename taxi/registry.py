@@ -208,6 +208,20 @@ def _recorded_decision(version, champion: int | None) -> Decision | None:
     return decision if champion in (decision.previous_champion_version, int(version.version)) else None
 
 
+def registered_run_of_task(experiment: str, name: str, task_id: str) -> tuple[str, str] | None:
+    """(run id, model URI) of a version of `name` registered from a run that Luigi task `task_id` logged in
+    `experiment` of this registry, if any: an earlier attempt's model, to register again instead of a copy."""
+    client = MlflowClient()
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    for run in client.search_runs([found.experiment_id], f"tags.`{TASK_TAG}` = '{task_id}'", max_results=10_000):
+        version = _version_of_run(client, name, run.info.run_id)
+        if version is not None:
+            return run.info.run_id, version.source
+    return None
+
+
 def end_stale_runs(experiment: str, task_id: str) -> list[str]:
     """Mark KILLED what an earlier, interrupted attempt of this Luigi task left in `experiment`: runs still RUNNING,
     and finished top-level runs that no model version uses (killed between logging and writing the task's target).

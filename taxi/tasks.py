@@ -499,15 +499,22 @@ class RegisterModel(TrainingTask):
             notify.post(notify.champion_text(registration, self.ym, self.output()["report.md"].path))
 
     def _log_again(self, trained: dict, tracking_uri: str) -> dict:
-        """TrainModel logged this model in another registry (the store was built against it): log the stored booster
-        and vectorizer again, as a run of this task in this registry. Returns train.json's record for that run."""
+        """TrainModel logged this model in another registry (the store was built against it): the run an earlier
+        attempt of this task logged and registered here, else the stored booster and vectorizer logged again as a
+        run of this task in this registry. Returns train.json's record for that run."""
         import mlflow
 
-        from taxi import training
+        from taxi import registry, training
 
+        tracking = MlflowConfig()
+        tracking.end_stale_runs(self)
+        earlier = registry.registered_run_of_task(tracking.experiment, registry.model_name(self.color), self.task_id)
+        if earlier:
+            log.info("the %s %s model was logged in %s, and in %s before by run %s: registering that run", self.color,
+                     self.ym, trained["tracking_uri"], tracking_uri, earlier[0])
+            return {**trained, "run_id": earlier[0], "model_uri": earlier[1], "tracking_uri": tracking_uri}
         log.warning("the %s %s model was logged in %s, not in %s: logging the stored model there again", self.color,
                     self.ym, trained["tracking_uri"], tracking_uri)
-        MlflowConfig().end_stale_runs(self)
         inputs = self.input()
         best = storage.read_json(inputs["params"])
         stats = {key: storage.read_json(out["stats"]) for key, out in inputs["clean"].items()}

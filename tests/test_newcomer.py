@@ -144,9 +144,10 @@ def registration(store: Path) -> dict:
     return json.loads(next(store.rglob("registration.json")).read_text())
 
 
-def test_a_store_registered_in_sqlite_registers_on_a_server_and_then_not_again_in_sqlite(tmp_path, sampled_tlc):
+def test_a_store_registered_in_sqlite_registers_on_a_server_and_then_not_again_in_either(tmp_path, sampled_tlc):
     """The demo's sqlite registry first; the same store pointed at an `mlflow server` registers the month there from
-    the stored booster (no tuning, no training); pointed back at sqlite, it finds its version: no new one."""
+    the stored booster (no tuning, no training); pointed back at sqlite, and then at the server again, each finds its
+    own version: no new one in either."""
     store, database = tmp_path / "store", tmp_path / "mlflow.db"
     sections = {"taxi": {"source": str(sampled_tlc), "store": str(store), "threads": "1"},
                 "TuneHyperparams": SMALL_TUNING, "core": private_lock(tmp_path)}
@@ -165,20 +166,27 @@ def test_a_store_registered_in_sqlite_registers_on_a_server_and_then_not_again_i
         assert there.returncode == 0, there.stderr[-3000:]
         versions = MlflowClient(server.url).search_model_versions(f"name='{MODEL}'")
         runs = [MlflowClient(server.url).get_run(version.run_id) for version in versions]
+        assert "1 ran successfully" in there.stderr and "RegisterModel(" in there.stderr.split("ran successfully")[1]
+        assert (f"logged in sqlite:///{database}, not in {server.url}: logging the stored model there again"
+                in there.stderr)
+        assert len(versions) == 1 and versions[0].run_id != trained["run_id"]
+        assert runs[0].data.metrics["val_rmse"] == pytest.approx(trained["val_rmse"])
+        assert registration(store)["tracking_uri"] == server.url
+
+        back = run_luigi(tmp_path, local, "RegisterModel", *MONTH)
+        assert back.returncode == 0, back.stderr[-3000:]
+        assert "TrainModel(" not in back.stderr.split("ran successfully")[1]
+        assert [v.version for v in sqlite.search_model_versions(f"name='{MODEL}'")] == [1]
+        assert registration(store)["tracking_uri"] == f"sqlite:///{database}"
+
+        again = run_luigi(tmp_path, central, "RegisterModel", *MONTH)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert [(str(v.version), v.run_id) for v in MlflowClient(server.url).search_model_versions(
+            f"name='{MODEL}'")] == [("1", versions[0].run_id)]
+        assert f"and in {server.url} before by run {versions[0].run_id}: registering that run" in again.stderr
+        assert registration(store)["tracking_uri"] == server.url
     finally:
         server.stop()
-    assert "1 ran successfully" in there.stderr and "RegisterModel(" in there.stderr.split("ran successfully")[1]
-    assert f"logged in sqlite:///{database}, not in {server.url}: logging the stored model there again" in there.stderr
-    assert len(versions) == 1 and versions[0].run_id != trained["run_id"]
-    assert runs[0].data.metrics["val_rmse"] == pytest.approx(trained["val_rmse"])
-    assert registration(store)["tracking_uri"] == server.url
-
-    back = run_luigi(tmp_path, local, "RegisterModel", *MONTH)
-    assert back.returncode == 0, back.stderr[-3000:]
-    assert "TrainModel(" not in back.stderr.split("ran successfully")[1]
-    assert [v.version for v in sqlite.search_model_versions(f"name='{MODEL}'")] == [1]
-    assert registration(store)["tracking_uri"] == f"sqlite:///{database}"
-    assert registration(store)["version"] == 1
 
 
 # ---------------------------------------------------------------------------------------------------------------
