@@ -324,13 +324,13 @@ class TuneHyperparams(TrainingTask):
     the champion changes."""
 
     search_space = luigi.ChoiceParameter(choices=SPACES, default="lossguide", description="the space searched")
-    max_evals = luigi.IntParameter(default=5, description="trials at most")
+    max_evals = luigi.IntParameter(default=4, description="trials at most")
     num_boost_round = luigi.IntParameter(default=200, description="boosting rounds at most per trial")
     early_stopping_rounds = luigi.IntParameter(default=10, description="stop a trial after this many flat rounds")
     no_progress_evals = luigi.IntParameter(default=3, description="stop the search after this many flat trials")
     startup_evals = luigi.IntParameter(default=3, description="random trials before TPE takes over")
-    sample_rows = luigi.IntParameter(default=500_000, description="trials train on at most this many rows")
-    prune_tolerance = luigi.FloatParameter(default=0.03, description="prune a trial this much (relative) behind the "
+    sample_rows = luigi.IntParameter(default=250_000, description="trials train on at most this many rows")
+    prune_tolerance = luigi.FloatParameter(default=0.02, description="prune a trial this much (relative) behind the "
                                                                      "best finished trial at the same round; 0: never")
     prune_after_rounds = luigi.IntParameter(default=20, description="rounds every trial runs before it may be pruned")
     warm_start = luigi.BoolParameter(default=True, parsing=luigi.BoolParameter.EXPLICIT_PARSING,

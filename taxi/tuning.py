@@ -56,7 +56,7 @@ def search_space(name: str) -> tuple[dict, dict]:
     if name == "lossguide":
         return {"grow_policy": "lossguide", "max_depth": 0}, {
             "max_leaves": scope.int(hp.qloguniform("max_leaves", math.log(64), math.log(256), 1)),
-            "learning_rate": hp.loguniform("learning_rate", math.log(0.2), math.log(0.6)),
+            "learning_rate": hp.loguniform("learning_rate", math.log(0.3), math.log(0.6)),
             "min_child_weight": hp.loguniform("min_child_weight", 0, math.log(4)),
             **regularisation,
         }
@@ -72,7 +72,8 @@ def warm_start_point(space: str, params: dict) -> dict | None:
     """The champion's parameters as a point of the space (typed, every label set), or None if they are from another
     space (other fixed parameters or labels missing)."""
     fixed, searched = search_space(space)
-    params = {"grow_policy": "depthwise", **typed(params)}  # XGBoost's default, unlogged by older champions
+    params = {"grow_policy": "depthwise",  # XGBoost's default, unlogged by older champions
+              **typed({k: v for k, v in params.items() if k in fixed or k in searched})}
     if any(params.get(k) != v for k, v in fixed.items()) or not set(searched) <= set(params):
         return None
     return {label: params[label] for label in searched}

@@ -88,13 +88,14 @@ def _search(matrices, tmp_path, settings: tuning.TuningSettings, **kwargs) -> tu
     return best, {int(r.info.run_name.removeprefix("trial-")): r for r in runs}
 
 
-def _curve(matrices, params: dict, rounds: int, rows: int, seed: int) -> np.ndarray:
-    """A trial's validation RMSE after each round, retrained on the trials' subsamples."""
+def _curve(matrices, params: dict, rounds: int, rows: int, seed: int, booster_seed: int | None = None) -> np.ndarray:
+    """A trial's validation RMSE after each round, retrained on the trials' subsamples (of the search's seed)."""
     X_train, y_train, X_valid, y_valid = matrices
     X_fit, y_fit = tuning.subsample(X_train, y_train, rows, seed)
     X_check, y_check = tuning.subsample(X_valid, y_valid, rows, seed)
     curve: dict = {}
-    xgb.train(tuning.booster_params(params, seed, 2), xgb.DMatrix(X_fit, label=y_fit), num_boost_round=rounds,
+    xgb.train(tuning.booster_params(params, seed if booster_seed is None else booster_seed, 2),
+              xgb.DMatrix(X_fit, label=y_fit), num_boost_round=rounds,
               evals=[(xgb.DMatrix(X_check, label=y_check), "valid")], evals_result=curve, verbose_eval=False)
     return np.array(curve["valid"]["rmse"])
 
@@ -130,7 +131,8 @@ def test_the_warm_start_is_the_first_trial_and_the_search_goes_on_from_it(matric
     exactly those parameters; the search then runs its other trials."""
     champion_run_params = {"grow_policy": "lossguide", "max_depth": "0", "max_leaves": "97", "learning_rate": "0.33",
                            "min_child_weight": "1.5", "reg_alpha": "0.02", "reg_lambda": "0.04",
-                           "num_boost_round": "80", "seed": "42", "tuning_trials": "5"}
+                           "num_boost_round": "80", "seed": "42", "tuning_trials": "5",
+                           "features_version": "v1"}
     point = tuning.warm_start_point("lossguide", champion_run_params)
     assert point == {"max_leaves": 97, "learning_rate": 0.33, "min_child_weight": 1.5, "reg_alpha": 0.02,
                      "reg_lambda": 0.04}
@@ -157,5 +159,5 @@ def test_the_course_reference_is_the_course_parameters_scored_like_a_trial(matri
     settings = tuning.TuningSettings(max_evals=1, num_boost_round=5, early_stopping_rounds=5, no_progress_evals=5,
                                      startup_evals=1, sample_rows=2_000, seed=6, nthread=2)
     best, _ = _search(matrices, tmp_path, settings)
-    curve = _curve(matrices, tuning.COURSE_PARAMS, tuning.COURSE_ROUNDS, 2_000, tuning.COURSE_SEED)
+    curve = _curve(matrices, tuning.COURSE_PARAMS, tuning.COURSE_ROUNDS, 2_000, 6, tuning.COURSE_SEED)
     assert best["course_val_rmse"] == pytest.approx(curve[-1], rel=1e-5)
