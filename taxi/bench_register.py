@@ -173,10 +173,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workdir", help="run here and keep the stores, MLflow databases and logs (must be empty)")
     parser.add_argument("--tuning", choices=("both", "new", "old"), default="both", help="which tuning to time")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each tuning; figures are medians")
+    parser.add_argument("--max-evals", type=int, help="tuning trials of both tunings (default: each one's own)")
     parser.add_argument("--course-rounds", type=int, default=100, help="rounds for the course params' comparison")
     args = parser.parse_args(argv)
-    if min(args.rows, args.course_rounds, args.repeat) < 1:
-        parser.error("--rows, --repeat and --course-rounds must be at least 1")
+    if min(args.rows, args.course_rounds, args.repeat, args.max_evals or 1) < 1:
+        parser.error("--rows, --repeat, --max-evals and --course-rounds must be at least 1")
     if args.workdir and os.path.exists(args.workdir) and os.listdir(args.workdir):
         parser.error(f"--workdir {args.workdir} is not empty: a finished run there would be reused, not timed")
     return args
@@ -196,7 +197,8 @@ def main(argv: list[str] | None = None) -> None:
             runs = []
             for i in range(args.repeat):
                 log.info("RegisterModel on %d rows per month, %s tuning, run %d of %d", rows, name, i + 1, args.repeat)
-                runs.append(timed_run(workdir / f"{name}-{i}", train_path.parent, TUNINGS[name], rerun=i == 0))
+                tuning = {**TUNINGS[name], **({"max_evals": str(args.max_evals)} if args.max_evals else {})}
+                runs.append(timed_run(workdir / f"{name}-{i}", train_path.parent, tuning, rerun=i == 0))
             sides[name] = median_of(runs)
         log.info("the course's fixed parameters on the same features")
         first = workdir / f"{names[0]}-0"
