@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from taxi import synthetic
+from taxi import synthetic, tuning
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SOURCE_DIR = ROOT.parent / "shared" / "data" / "tlc"
 TRAIN_MONTH, VALID_MONTH = (2021, 1), (2021, 2)
 COLOR = "green"  # the course's code reads lpep_* columns
-COURSE_PARAMS = {
-    "learning_rate": 0.09585355369315604,
-    "max_depth": 30,
-    "min_child_weight": 1.060597050922164,
-    "objective": "reg:squarederror",
-    "reg_alpha": 0.018060244040060163,
-    "reg_lambda": 0.011658731377413597,
-    "seed": 42,
-}
-COURSE_SEARCH_PARAMS = {k: v for k, v in COURSE_PARAMS.items() if k not in ("objective", "seed")}  # as tuning's
+COURSE_PARAMS = {**tuning.COURSE_PARAMS, "objective": "reg:squarederror", "seed": tuning.COURSE_SEED}  # as the notebook
 COMPARED_COLUMNS = ["PULocationID", "DOLocationID", "PU_DO", "trip_distance", "duration"]
 STAGES = ("read", "clean", "features", "train", "predict")
 DATA_STAGES = ("read", "clean", "features")
@@ -180,7 +171,7 @@ def run_pipeline(job: Job) -> dict:
     watch.restart()
     if not job.predict:
         return side_result(watch, {})
-    booster = training.train_booster(X_train, y_train, COURSE_SEARCH_PARAMS, job.rounds, COURSE_PARAMS["seed"],
+    booster = training.train_booster(X_train, y_train, tuning.COURSE_PARAMS, job.rounds, tuning.COURSE_SEED,
                                      job.nthread)
     watch.lap("train")
     booster.save_model(booster_path(job.out_dir))

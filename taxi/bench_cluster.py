@@ -13,6 +13,7 @@ hosts. The last line printed is one JSON object.
 from __future__ import annotations
 
 import argparse
+import datetime
 import logging
 import math
 import os
@@ -74,14 +75,22 @@ def run_backfill(cluster: Cluster, hosts: int, run: int, args: argparse.Namespac
 
 
 def task_seconds(cluster: Cluster, database: str) -> dict:
-    """Seconds spent in the pipeline's tasks (from RUNNING to DONE in luigid's history), in all and by task."""
+    """Seconds spent in the pipeline's tasks, in all and by task: from each RUNNING event in luigid's history to the
+    DONE or FAILED that ends that attempt (a failed attempt costs time too; a second DONE reported for a task that
+    was already done adds nothing)."""
     with cluster.pg.connect(database) as conn:
         rows = list(conn.execute(
-            "SELECT t.name, t.host, min(e.ts) FILTER (WHERE e.event_name = 'RUNNING'), "
-            "max(e.ts) FILTER (WHERE e.event_name = 'DONE') FROM tasks t JOIN task_events e ON e.task_id = t.id "
-            "GROUP BY t.id, t.name, t.host"))
-    spans = [(name, host, (done - started).total_seconds()) for name, host, started, done in rows
-             if name in PIPELINE_TASKS and started and done]
+            "SELECT t.id, t.name, t.host, e.event_name, e.ts FROM tasks t JOIN task_events e ON e.task_id = t.id "
+            "ORDER BY t.id, e.ts, e.id"))
+    spans: list[tuple[str, str, float]] = []
+    started: dict[int, datetime.datetime] = {}
+    for record, name, host, event, ts in rows:
+        if name not in PIPELINE_TASKS:
+            continue
+        if event == "RUNNING":
+            started[record] = ts
+        elif event in ("DONE", "FAILED") and record in started:
+            spans.append((name, host, (ts - started.pop(record)).total_seconds()))
     by_task = {name: round(sum(s for n, _, s in spans if n == name), 1) for name in PIPELINE_TASKS}
     registrations = [s for n, _, s in spans if n == "RegisterModel"]
     return {"task_seconds": round(sum(s for _, _, s in spans), 1), "by_task_seconds": by_task,

@@ -163,9 +163,9 @@ def _call(what: str, method: Callable, *args):
         raise _registry_error(what, exc) from None
 
 
-def _registry_error(what: str, exc: MlflowException) -> RegistryError:
-    return RegistryError(f"cannot {what} at {redact(mlflow.get_tracking_uri())}: {exc.message}; the champion "
-                         f"alias did not move: fix the tracking server and rerun")
+def _registry_error(what: str, exc: MlflowException, outcome: str = "the champion alias did not move") -> RegistryError:
+    return RegistryError(f"cannot {what} at {redact(mlflow.get_tracking_uri())}: {exc.message}; {outcome}: fix the "
+                         f"tracking server and rerun")
 
 
 def _version_of_run(client: MlflowClient, name: str, run_id: str):
@@ -180,14 +180,32 @@ def _create_version(client: MlflowClient, name: str, run_id: str, model_uri: str
     return client.create_model_version(name, model_uri, run_id=run_id, model_id=model_id)
 
 
-def _champion_version(client: MlflowClient, name: str) -> int | None:
+def champion_params(name: str) -> tuple[int, dict[str, str]] | None:
+    """The champion's version and the parameters its training run logged; None when there is no champion. Any
+    other registry error raises RegistryError."""
+    client = MlflowClient()
+    outcome = "tuning did not start"
+    version = _champion_version(client, name, create=False, outcome=outcome)
+    if version is None:
+        return None
+    try:
+        run_id = client.get_model_version(name, str(version)).run_id
+        return version, dict(client.get_run(run_id).data.params)
+    except MlflowException as exc:
+        raise _registry_error(f"read the parameters of {name} v{version}", exc, outcome) from None
+
+
+def _champion_version(client: MlflowClient, name: str, create: bool = True,
+                      outcome: str = "the champion alias did not move") -> int | None:
     """The version the champion alias points at; None only when the model or the alias does not exist (the model
-    is then created). Any other error raises RegistryError."""
+    is then created, if `create`). Any other error raises RegistryError."""
     try:
         model = client.get_registered_model(name)
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise _registry_error(f"read the {CHAMPION} alias of {name}", exc) from None
+            raise _registry_error(f"read the {CHAMPION} alias of {name}", exc, outcome) from None
+        if not create:
+            return None
         try:
             client.create_registered_model(name, description="NYC taxi trip duration (minutes), trained by taxi")
         except MlflowException as exc:

@@ -7,6 +7,8 @@ import io
 import numpy as np
 
 PLOTS = ("predicted_vs_actual.png", "residuals.png", "feature_importance.png")
+TUNING_PLOT = "tuning.png"
+FILES = ("report.md", *PLOTS, TUNING_PLOT)  # what a registered run's report folder holds
 
 
 def _png(fig) -> bytes:
@@ -45,6 +47,63 @@ def plots(y_true: np.ndarray, y_pred: np.ndarray, importances: dict[str, float],
     ax.set(xlabel="total gain (log scale)", title=f"Top {len(ranked)} features")
     importance = _png(fig)
     return dict(zip(PLOTS, (predicted_vs_actual, residuals, importance)))
+
+
+def tuning_plot(history: list[dict], course_rmse: float | None) -> bytes:
+    """PNG: each trial's validation RMSE against the search's elapsed time, pruned trials and the warm start marked,
+    the course's fixed parameters as a reference line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    kinds = {"finished": lambda t: t["pruned_at"] is None and not t["warm_start"],
+             "pruned": lambda t: t["pruned_at"] is not None,
+             "warm start (champion's parameters)": lambda t: t["warm_start"] and t["pruned_at"] is None}
+    for (label, chosen), marker in zip(kinds.items(), ("o", "x", "*")):
+        trials = [t for t in history if chosen(t)]
+        if trials:
+            ax.scatter([t["elapsed"] for t in trials], [t["val_rmse"] for t in trials], marker=marker, s=60,
+                       label=label)
+    if course_rmse is not None:
+        ax.axhline(course_rmse, color="red", linestyle="--", linewidth=1,
+                   label=f"course's fixed parameters ({course_rmse:.4f})")
+    ax.set(xlabel="search time at the end of the trial (s)", ylabel="validation RMSE (trial sample)",
+           title="Tuning: trials")
+    ax.legend(fontsize="small")
+    return _png(fig)
+
+
+def summary(color: str, registration: dict, trained: dict, tuning: dict, stats: dict[str, dict],
+            register_seconds: float) -> dict:
+    """What markdown() reports, from the run's records: registration, training, tuning and the months' stats."""
+    return {
+        "color": color, "registration": registration, "train_rmse": trained["train_rmse"], "tuning": tuning,
+        "data": {"train_month": stats["train"]["month"], "valid_month": stats["valid"]["month"],
+                 "train": stats["train"], "valid": stats["valid"]},
+        "timings": {"download (train, valid)": stats["train"]["seconds"] + stats["valid"]["seconds"],
+                    "clean (train, valid)": stats["train"]["clean_seconds"] + stats["valid"]["clean_seconds"],
+                    "tune": tuning["seconds"], "train + log": trained["seconds"],
+                    "register + report": register_seconds},
+    }
+
+
+def _tuning_lines(tuning: dict) -> list[str]:
+    """The search in a few lines: trials, pruned, warm start, and the course's parameters on the same sample."""
+    history = tuning.get("history", [])
+    pruned = sum(t["pruned_at"] is not None for t in history)
+    lines = [f"{tuning['trials']} trials ({pruned} pruned) in {tuning.get('search_seconds', tuning['seconds']):.1f} s; "
+             f"{tuning.get('warm_start', {}).get('note', 'cold start')}; best validation RMSE on the trial sample "
+             f"{tuning['val_rmse']:.4f}"]
+    if tuning.get("course_val_rmse") is not None:
+        lines[0] += f", the course's fixed parameters {tuning['course_val_rmse']:.4f}"
+    lines[0] += "."
+    return ["", lines[0], "", f"![tuning]({TUNING_PLOT})"]
+
+
+def _value(v) -> str:
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
 
 
 def _decision_text(reg: dict, valid_month: str) -> str:
@@ -86,12 +145,15 @@ def markdown(summary: dict) -> str:
         f"Decision: **{reg['decision']}**: {_decision_text(reg, data['valid_month'])} (run `{reg['run_id']}`, "
         f"model `{reg['model_uri']}`).",
         "",
-        f"## Best parameters ({summary['tuning']['trials']} trials, {summary['tuning']['num_boost_round']} rounds)",
+        "## Tuning",
+        *_tuning_lines(summary["tuning"]),
+        "",
+        f"## Best parameters ({summary['tuning']['num_boost_round']} rounds)",
         "",
         "| parameter | value |",
         "|---|---:|",
     ]
-    lines += [f"| {k} | {v:.6g} |" for k, v in sorted(summary["tuning"]["params"].items())]
+    lines += [f"| {k} | {_value(v)} |" for k, v in sorted(summary["tuning"]["params"].items())]
     lines += ["", "## Timings", "", "| step | seconds |", "|---|---:|"]
     lines += [f"| {step} | {seconds:.1f} |" for step, seconds in summary["timings"].items()]
     lines += ["", "## Plots", ""] + [f"![{name[:-4]}]({name})" for name in PLOTS]

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from taxi import data, notify, report, storage
 from taxi.urls import redact, tracking_identity
-from taxi.tuning import TuningSettings
+from taxi.tuning import SPACES, TuningSettings
 
 # mlflow, xgboost, sklearn and matplotlib take seconds to import: the modules that need them are imported
 # inside run(), so checking a finished pipeline (every target complete) stays well under 3 s.
@@ -319,14 +319,26 @@ def load_features(outputs: dict) -> tuple:
 
 
 class TuneHyperparams(TrainingTask):
-    """Best XGBoost parameters from a hyperopt TPE search; every trial is a nested MLflow run."""
+    """Best XGBoost parameters from a hyperopt TPE search, warm-started from the champion's; every trial is a nested
+    MLflow run. The warm start is an input recorded in best_params.json: a finished month is not tuned again when
+    the champion changes."""
 
-    max_evals = luigi.IntParameter(default=10, description="trials at most")
+    search_space = luigi.ChoiceParameter(choices=SPACES, default="lossguide", description="the space searched")
+    max_evals = luigi.IntParameter(default=4, description="trials at most")
     num_boost_round = luigi.IntParameter(default=200, description="boosting rounds at most per trial")
     early_stopping_rounds = luigi.IntParameter(default=10, description="stop a trial after this many flat rounds")
-    no_progress_evals = luigi.IntParameter(default=5, description="stop the search after this many flat trials")
-    startup_evals = luigi.IntParameter(default=5, description="random trials before TPE takes over")
-    sample_rows = luigi.IntParameter(default=500_000, description="trials train on at most this many rows")
+    no_progress_evals = luigi.IntParameter(default=3, description="stop the search after this many flat trials")
+    startup_evals = luigi.IntParameter(default=3, description="random trials before TPE takes over")
+    sample_rows = luigi.IntParameter(default=250_000, description="trials train on at most this many rows")
+    prune_tolerance = luigi.FloatParameter(default=0.02, description="prune a trial this much (relative) behind the "
+                                                                     "best finished trial at the same round; 0: never")
+    prune_after_rounds = luigi.IntParameter(default=20, description="rounds every trial runs before it may be pruned")
+    warm_start = luigi.BoolParameter(default=True, parsing=luigi.BoolParameter.EXPLICIT_PARSING,
+                                     description="first trial: the champion's parameters, when it has some in this "
+                                                 "space")
+    course_reference = luigi.BoolParameter(default=True, parsing=luigi.BoolParameter.EXPLICIT_PARSING,
+                                           description="also score the course's fixed parameters on the trial sample, "
+                                                       "for the report")
     seed = luigi.IntParameter(default=42)
 
     def __init__(self, *args, **kwargs):
@@ -338,7 +350,8 @@ class TuneHyperparams(TrainingTask):
             max_evals=self.max_evals, num_boost_round=self.num_boost_round,
             early_stopping_rounds=self.early_stopping_rounds, no_progress_evals=self.no_progress_evals,
             startup_evals=self.startup_evals, sample_rows=self.sample_rows, seed=self.seed,
-            nthread=TaxiConfig().nthread)
+            nthread=TaxiConfig().nthread, space=self.search_space, prune_tolerance=self.prune_tolerance,
+            prune_after_rounds=self.prune_after_rounds)
 
     @property
     def cache_key(self) -> str:
@@ -354,21 +367,38 @@ class TuneHyperparams(TrainingTask):
     def run(self):
         import mlflow
 
-        from taxi import tuning
+        from taxi import registry, tuning
 
         started = time.monotonic()
         _, X_train, y_train, X_valid, y_valid = load_features(self.input())
         tracking = MlflowConfig()
         tracking.connect()
         tracking.end_stale_runs(self)
+        champion = registry.champion_params(registry.model_name(self.color)) if self.warm_start else None
+        warm = self._warm_start(champion)
         tags = run_tags(self)
         with mlflow.start_run(run_name=f"tune {self.color} {self.ym}", tags={**tags, "taxi.stage": "tuning"}) as run:
             link_run(self, run.info.run_id, "tuning")
-            mlflow.log_params({k: v for k, v in vars(self.settings()).items()})
+            mlflow.log_params({**vars(self.settings()), "warm_start_version": warm["version"]})
             result = tuning.tune(X_train, y_train, X_valid, y_valid, self.settings(), on_trial=self._report,
-                                 trial_tags=tags)
-        storage.write_json({**result, "seed": self.seed, "seconds": round(time.monotonic() - started, 3)},
-                           self.output())
+                                 trial_tags=tags, warm_start=warm["point"], course_reference=self.course_reference)
+        storage.write_json({**result, "warm_start": warm, "seed": self.seed,
+                            "seconds": round(time.monotonic() - started, 3)}, self.output())
+
+    def _warm_start(self, champion: tuple[int, dict] | None) -> dict:
+        """What the search starts from: {"version", "point", "note"}; point None for a cold start."""
+        from taxi import tuning
+
+        version, point = None, None
+        if champion is None:
+            note = "cold start: " + ("no champion" if self.warm_start else "warm start off")
+        else:
+            version, params = champion
+            point = tuning.warm_start_point(self.search_space, params)
+            note = (f"warm start: champion v{version}'s parameters" if point else
+                    f"cold start: champion v{version}'s parameters are not in the {self.search_space} space")
+        log.info("tuning %s %s: %s", self.color, self.ym, note)
+        return {"version": version if point else None, "point": point, "note": note}
 
     def _report(self, done: int, total: int, best_rmse: float) -> None:
         self.set_progress_percentage(round(100 * done / total))
@@ -460,7 +490,7 @@ class RegisterModel(TrainingTask):
 
     def output(self):
         run_dir = self.requires()["model"].run_dir
-        return {name: self.target(f"{run_dir}/{name}") for name in ("registration.json", "report.md", *report.PLOTS)}
+        return {name: self.target(f"{run_dir}/{name}") for name in ("registration.json", *report.FILES)}
 
     def complete(self) -> bool:
         """Done when every output exists and the registration was made in the registry configured now: pointed at
@@ -548,16 +578,8 @@ class RegisterModel(TrainingTask):
         pngs = report.plots(y_valid, training.predict(booster, X_valid), importances)
         best = storage.read_json(inputs["params"])
         stats = {key: storage.read_json(out["stats"]) for key, out in inputs["clean"].items()}
-        summary = {
-            "color": self.color, "registration": registration, "train_rmse": trained["train_rmse"],
-            "tuning": best,
-            "data": {"train_month": stats["train"]["month"], "valid_month": stats["valid"]["month"],
-                     "train": stats["train"], "valid": stats["valid"]},
-            "timings": {"download (train, valid)": stats["train"]["seconds"] + stats["valid"]["seconds"],
-                        "clean (train, valid)": stats["train"]["clean_seconds"] + stats["valid"]["clean_seconds"],
-                        "tune": best["seconds"], "train + log": trained["seconds"],
-                        "register + report": time.monotonic() - started},
-        }
+        summary = report.summary(self.color, registration, trained, best, stats, time.monotonic() - started)
+        pngs[report.TUNING_PLOT] = report.tuning_plot(best["history"], best["course_val_rmse"])
         markdown = report.markdown(summary)
         with tempfile.TemporaryDirectory(prefix="taxi-report-") as tmp:
             for name, content in {"report.md": markdown.encode(), **pngs}.items():

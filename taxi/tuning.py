@@ -1,10 +1,15 @@
-"""Hyperopt TPE search over the course's XGBoost space, each trial a nested MLflow run (pure: no luigi)."""
+"""Hyperopt TPE search over XGBoost parameters, each trial a nested MLflow run (pure: no luigi).
+
+Trials that fall clearly behind the best finished trial are pruned; the search may start from the champion's
+parameters (a warm start)."""
 
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import math
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -13,19 +18,66 @@ import scipy.sparse as sp
 
 log = logging.getLogger(__name__)
 
+# The course's fixed XGBoost parameters and rounds (MLOps Zoomcamp, duration prediction): the baseline every
+# benchmark and every report compares with.
+COURSE_PARAMS = {
+    "learning_rate": 0.09585355369315604,
+    "max_depth": 30,
+    "min_child_weight": 1.060597050922164,
+    "reg_alpha": 0.018060244040060163,
+    "reg_lambda": 0.011658731377413597,
+}
+COURSE_ROUNDS = 100
+COURSE_SEED = 42
 
-def search_space() -> dict:
-    """The course's XGBoost space (hyperopt is imported here: it loads slowly and only the search needs it)."""
-    from hyperopt import hp
+SPACES = ("lossguide", "course")
+INT_PARAMS = ("max_depth", "max_leaves")
+
+
+def search_space(name: str) -> tuple[dict, dict]:
+    """(fixed parameters, hyperopt space) of a named search space; each hyperopt label is its parameter's name.
+
+    "lossguide" (default): best-first trees bounded by leaves, in the region where trials on green 2021 and 2023
+    converged within 200 rounds; "course": the course's depth-wise space (max_depth 4..100)."""
+    from hyperopt import hp  # hyperopt loads slowly: only the search needs it
     from hyperopt.pyll import scope
 
-    return {
-        "max_depth": scope.int(hp.quniform("max_depth", 4, 100, 1)),
-        "learning_rate": hp.loguniform("learning_rate", -3, 0),
+    regularisation = {
         "reg_alpha": hp.loguniform("reg_alpha", -5, -1),
         "reg_lambda": hp.loguniform("reg_lambda", -6, -1),
-        "min_child_weight": hp.loguniform("min_child_weight", -1, 3),
     }
+    if name == "course":
+        return {"grow_policy": "depthwise"}, {
+            "max_depth": scope.int(hp.quniform("max_depth", 4, 100, 1)),
+            "learning_rate": hp.loguniform("learning_rate", -3, 0),
+            "min_child_weight": hp.loguniform("min_child_weight", -1, 3),
+            **regularisation,
+        }
+    if name == "lossguide":
+        return {"grow_policy": "lossguide", "max_depth": 0}, {
+            "max_leaves": scope.int(hp.qloguniform("max_leaves", math.log(64), math.log(256), 1)),
+            "learning_rate": hp.loguniform("learning_rate", math.log(0.3), math.log(0.6)),
+            "min_child_weight": hp.loguniform("min_child_weight", 0, math.log(4)),
+            **regularisation,
+        }
+    raise ValueError(f"unknown search space {name!r}: choose one of {', '.join(SPACES)}")
+
+
+def typed(params: dict) -> dict:
+    """Parameters as XGBoost and the logs want them: integers where XGBoost wants integers, strings kept."""
+    return {k: int(float(v)) if k in INT_PARAMS else v if k == "grow_policy" else float(v) for k, v in params.items()}
+
+
+def warm_start_point(space: str, params: dict) -> dict | None:
+    """The champion's parameters as a point of the space (typed, every label set), or None if they are from another
+    space (other fixed parameters or labels missing)."""
+    fixed, searched = search_space(space)
+    params = {"grow_policy": "depthwise",  # XGBoost's default, unlogged by older champions
+              **typed({k: v for k, v in params.items() if k in fixed or k in searched})}
+    if any(params.get(k) != v for k, v in fixed.items()) or not set(searched) <= set(params):
+        return None
+    return {label: params[label] for label in searched}
+
 
 OnTrial = Callable[[int, int, float], None]  # (trials done, max trials, best validation RMSE so far)
 
@@ -40,12 +92,19 @@ class TuningSettings:
     sample_rows: int
     seed: int
     nthread: int
+    space: str = "lossguide"
+    prune_tolerance: float = 0.0  # 0: never prune
+    prune_after_rounds: int = 20
 
     def validate(self) -> None:
         for name in ("max_evals", "num_boost_round", "early_stopping_rounds", "no_progress_evals",
-                     "startup_evals", "sample_rows", "nthread"):
+                     "startup_evals", "sample_rows", "nthread", "prune_after_rounds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"tuning setting {name} must be at least 1, got {getattr(self, name)}")
+        if self.prune_tolerance < 0:
+            raise ValueError(f"tuning setting prune_tolerance must be 0 (off) or more, got {self.prune_tolerance}")
+        if self.space not in SPACES:
+            raise ValueError(f"tuning setting space must be one of {', '.join(SPACES)}, got {self.space!r}")
 
 
 def booster_params(params: dict, seed: int, nthread: int) -> dict:
@@ -61,15 +120,42 @@ def subsample(X: sp.csr_matrix, y: np.ndarray, rows: int, seed: int) -> tuple[sp
     return X[keep], y[keep]
 
 
-def tune(X_train: sp.csr_matrix, y_train: np.ndarray, X_valid: sp.csr_matrix, y_valid: np.ndarray,
-         settings: TuningSettings, on_trial: OnTrial | None = None, trial_tags: dict[str, str] | None = None) -> dict:
-    """Run the search inside the active MLflow run; return best params, its RMSE and boosting rounds.
+def should_prune(rmse: float, round_: int, reference: list[float], tolerance: float, after_rounds: int) -> bool:
+    """A trial at `round_` (1-based) is clearly behind when its RMSE exceeds the best finished trial's RMSE at that
+    round (or at its last round, if it stopped sooner) by more than `tolerance` (relative)."""
+    if tolerance <= 0 or not reference or round_ < after_rounds:
+        return False
+    return rmse > reference[min(round_, len(reference)) - 1] * (1 + tolerance)
 
-    Trials train on at most `sample_rows` training rows and stop early on at most `sample_rows` validation rows."""
+
+def _pruner(reference: list[float], tolerance: float, after_rounds: int):
+    """An XGBoost callback that stops a trial should_prune() calls behind; `pruned_at` is the round it stopped."""
+    import xgboost as xgb
+
+    class Pruner(xgb.callback.TrainingCallback):
+        pruned_at: int | None = None
+
+        def after_iteration(self, model, epoch: int, evals_log: dict) -> bool:
+            if should_prune(evals_log["validation"]["rmse"][-1], epoch + 1, reference, tolerance, after_rounds):
+                self.pruned_at = epoch + 1
+            return self.pruned_at is not None
+
+    return Pruner()
+
+
+def tune(X_train: sp.csr_matrix, y_train: np.ndarray, X_valid: sp.csr_matrix, y_valid: np.ndarray,
+         settings: TuningSettings, on_trial: OnTrial | None = None, trial_tags: dict[str, str] | None = None,
+         warm_start: dict | None = None, course_reference: bool = True) -> dict:
+    """Run the search inside the active MLflow run; return the best params, its RMSE and rounds, and every trial.
+
+    Trials train on at most `sample_rows` training rows and stop early on at most `sample_rows` validation rows.
+    `warm_start` (a point of the space) is the first trial. With `course_reference`, the course's fixed parameters
+    are scored the same way (not a trial), for the report's reference line."""
     import mlflow
     import xgboost as xgb
     from hyperopt import STATUS_OK, Trials, fmin, tpe
     from hyperopt.early_stop import no_progress_loss
+    from hyperopt.fmin import generate_trials_to_calculate
 
     settings.validate()
     X_fit, y_fit = subsample(X_train, y_train, settings.sample_rows, settings.seed)
@@ -78,31 +164,68 @@ def tune(X_train: sp.csr_matrix, y_train: np.ndarray, X_valid: sp.csr_matrix, y_
     X_check, y_check = subsample(X_valid, y_valid, settings.sample_rows, settings.seed)
     train = xgb.DMatrix(X_fit, label=y_fit, nthread=settings.nthread)
     valid = xgb.DMatrix(X_check, label=y_check, nthread=settings.nthread)
-    best = {"rmse": math.inf}
+    fixed, space = search_space(settings.space)
+    best: dict = {"rmse": math.inf, "curve": []}
+    history: list[dict] = []
+    started = time.monotonic()
 
     def objective(point: dict) -> dict:
-        params = {k: (int(v) if k == "max_depth" else float(v)) for k, v in point.items()}
-        with mlflow.start_run(nested=True, run_name=f"trial-{len(trials.trials)}", tags=trial_tags):
+        params = typed({**fixed, **point})
+        number = len(history)
+        warm = warm_start is not None and number == 0
+        trial_started = time.monotonic()
+        with mlflow.start_run(nested=True, run_name=f"trial-{number}", tags=trial_tags):
             mlflow.log_params(params)
+            pruner = _pruner(best["curve"], settings.prune_tolerance, settings.prune_after_rounds)
+            curve: dict = {}
             booster = xgb.train(booster_params(params, settings.seed, settings.nthread), train,
                                 num_boost_round=settings.num_boost_round, evals=[(valid, "validation")],
-                                early_stopping_rounds=settings.early_stopping_rounds, verbose_eval=False)
-            rmse = float(booster.best_score)
-            rounds = booster.best_iteration + 1
-            mlflow.log_metrics({"val_rmse": rmse, "best_rounds": rounds, "rounds_trained": booster.num_boosted_rounds()})
-        if rmse < best["rmse"]:
-            best.update(rmse=rmse, params=params, rounds=rounds)
-        done = len(trials.trials)
-        log.info("trial %d/%d: val_rmse %.4f (best %.4f)", done, settings.max_evals, rmse, best["rmse"])
+                                early_stopping_rounds=settings.early_stopping_rounds, evals_result=curve,
+                                callbacks=[pruner], verbose_eval=False)
+            rmse, rounds, trained = float(booster.best_score), booster.best_iteration + 1, booster.num_boosted_rounds()
+            del booster  # a trial's trees are not needed once scored: keep one trial's memory at a time
+            gc.collect()
+            mlflow.log_metrics({"val_rmse": rmse, "best_rounds": rounds, "rounds_trained": trained})
+            mlflow.set_tags({"taxi.pruned": str(pruner.pruned_at is not None).lower(),
+                             "taxi.warm_start": str(warm).lower()})
+        seconds = time.monotonic() - trial_started
+        history.append({"trial": number, "params": params, "val_rmse": rmse, "best_rounds": rounds,
+                        "rounds_trained": trained, "pruned_at": pruner.pruned_at, "warm_start": warm,
+                        "seconds": round(seconds, 3), "elapsed": round(time.monotonic() - started, 3)})
+        if pruner.pruned_at is None and rmse < best["rmse"]:
+            best.update(rmse=rmse, params=params, rounds=rounds, curve=curve["validation"]["rmse"])
+        outcome = f"pruned at round {pruner.pruned_at}" if pruner.pruned_at else f"{rounds} rounds"
+        log.info("trial %d/%d%s: val_rmse %.4f, %s, %.1f s (best %.4f)", number + 1, settings.max_evals,
+                 " (warm start)" if warm else "", rmse, outcome, seconds, best["rmse"])
         if on_trial:
-            on_trial(done, settings.max_evals, best["rmse"])
+            on_trial(number + 1, settings.max_evals, best["rmse"])
         return {"loss": rmse, "status": STATUS_OK}
 
-    trials = Trials()
-    fmin(objective, search_space(), algo=functools.partial(tpe.suggest, n_startup_jobs=settings.startup_evals),
+    no_progress = no_progress_loss(settings.no_progress_evals)
+
+    def stop(trials_: Trials, *state) -> tuple[bool, list]:
+        """No progress for a while, or the budget spent (fmin would run one more after a queued warm start)."""
+        stalled, state = no_progress(trials_, *state)
+        return stalled or len(history) >= settings.max_evals, state
+
+    trials = generate_trials_to_calculate([warm_start]) if warm_start else Trials()
+    fmin(objective, space, algo=functools.partial(tpe.suggest, n_startup_jobs=settings.startup_evals),
          max_evals=settings.max_evals, trials=trials, rstate=np.random.default_rng(settings.seed),
-         early_stop_fn=no_progress_loss(settings.no_progress_evals), show_progressbar=False)
-    mlflow.log_metrics({"best_val_rmse": best["rmse"], "trials": len(trials.trials)})
+         early_stop_fn=stop, show_progressbar=False)
+    tuned_seconds = time.monotonic() - started
+    reference = course_rmse(train, valid, settings.nthread) if course_reference else None
+    mlflow.log_metrics({"best_val_rmse": best["rmse"], "trials": len(history),
+                        "pruned_trials": sum(t["pruned_at"] is not None for t in history),
+                        **({"course_val_rmse": reference} if reference is not None else {})})
     return {"params": best["params"], "val_rmse": best["rmse"], "num_boost_round": best["rounds"],
-            "trials": len(trials.trials), "train_rows_used": int(X_fit.shape[0]),
+            "trials": len(history), "history": history, "search_seconds": round(tuned_seconds, 3),
+            "course_val_rmse": reference, "train_rows_used": int(X_fit.shape[0]),
             "valid_rows_used": int(X_check.shape[0])}
+
+
+def course_rmse(train, valid, nthread: int) -> float:
+    """Validation RMSE of the course's fixed parameters and rounds, trained and scored as the trials are."""
+    import xgboost as xgb
+
+    booster = xgb.train(booster_params(COURSE_PARAMS, COURSE_SEED, nthread), train, num_boost_round=COURSE_ROUNDS)
+    return float(np.sqrt(np.mean((booster.predict(valid) - valid.get_label()) ** 2)))

@@ -152,7 +152,8 @@ def luigid(tmp_path_factory) -> Service:
     service.stop()
 
 
-SMALL_TUNING = {"max_evals": "2", "num_boost_round": "20", "early_stopping_rounds": "5", "startup_evals": "2"}
+SMALL_TUNING = {"max_evals": "2", "num_boost_round": "20", "early_stopping_rounds": "5", "startup_evals": "2",
+                "course_reference": "false"}
 
 
 def write_config(path: Path, sections: dict[str, dict[str, str]]) -> Path:

@@ -26,6 +26,7 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
+from taxi.registry import DECISION_TAG
 from tests.cluster import (BUCKET, Cluster, Host, files_owned_by, luigid_server, mlflow_server, worker_host,
                            write_months)
 from tests.conftest import BIN, ROOT, SMALL_TUNING, Service, free_port, write_config
@@ -53,9 +54,12 @@ def cluster(tmp_path_factory, tlc_dir) -> Cluster:
 class Backfill:
     submitter: subprocess.CompletedProcess
     workers: list[Host]
+    submitting_host: Host
     victim: Host
     killed_task: str
     killed_at: datetime.datetime
+    takeover_seconds: float | None  # from the kill until luigid shows the task running on another host
+    wall_seconds: float
 
 
 def running_tasks(luigid: Service) -> dict[str, tuple[str, str]]:
@@ -79,6 +83,17 @@ def kill_a_worker_mid_task(cluster: Cluster, workers: list[Host], submitter: Hos
     raise AssertionError(f"no worker host ran any of {KILL_DURING}:\n{submitter.log.read_text()[-3000:]}")
 
 
+def wait_for_takeover(luigid: Service, task_id: str, victim: Host, limit: float) -> float | None:
+    """Seconds until luigid shows `task_id` running on a host other than `victim`; None after `limit` seconds."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        host = running_tasks(luigid).get(task_id, ("", victim.name))[1]
+        if host != victim.name:
+            return time.monotonic() - started
+        time.sleep(0.5)
+    return None
+
+
 @pytest.fixture(scope="module")
 def backfill(cluster) -> Backfill:
     """Three worker hosts and a submitting host; one worker host dies while it runs a task."""
@@ -87,16 +102,19 @@ def backfill(cluster) -> Backfill:
     for host in workers:
         worker_host(host, config, cluster.s3.env)
     first, last = (f"{year}-{month:02d}" for year, month in (TRAIN_MONTHS[0], TRAIN_MONTHS[-1]))
+    started = time.monotonic()
     proc = submitter.start([str(ROOT / "scripts" / "backfill"), "green", first, last], config, cluster.s3.env)
     victim, task_id = kill_a_worker_mid_task(cluster, workers, submitter)
     killed_at = datetime.datetime.now()
+    takeover = wait_for_takeover(cluster.luigid, task_id, victim, TAKEOVER_LIMIT)
     try:
-        proc.wait(900)
+        proc.wait(600 if takeover is not None else 0)  # no takeover: the backfill would wait for it, end it now
     except subprocess.TimeoutExpired:
         submitter.kill()
+    wall = time.monotonic() - started
     log = submitter.log.read_text()
-    return Backfill(subprocess.CompletedProcess(proc.args, proc.returncode, log, log), workers, victim, task_id,
-                    killed_at)
+    return Backfill(subprocess.CompletedProcess(proc.args, proc.returncode, log, log), workers, submitter, victim,
+                    task_id, killed_at, takeover, wall)
 
 
 def history(cluster: Cluster, database: str = "luigid") -> list[tuple[str, str, str, str, datetime.datetime]]:
@@ -154,6 +172,10 @@ def test_alias_decisions_follow_the_rmses(backfill, cluster):
     assert [r["version"] for r in records] == list(range(1, len(TRAIN_MONTHS) + 1))
     champion = replayed_champion(records)
     client = MlflowClient(cluster.mlflow.url)
+    for r in records:  # the records say what the registry holds: the run's RMSE, the decision on the version
+        version = client.get_model_version(MODEL, str(r["version"]))
+        assert client.get_run(version.run_id).data.metrics["val_rmse"] == pytest.approx(r["val_rmse"]), r
+        assert json.loads(version.tags[DECISION_TAG])["alias"] == r["decision"], (r, version.tags)
     assert int(client.get_model_version_by_alias(MODEL, "champion").version) == champion
     challengers = [r["version"] for r in records if r["decision"] == "challenger"]
     if challengers:
@@ -168,22 +190,24 @@ def test_tasks_ran_on_several_worker_hosts(backfill, cluster):
 def test_the_killed_hosts_task_is_completed_by_another_within_two_minutes(backfill, cluster, capsys):
     events = [(host, event, ts) for task_id, _, host, event, ts in history(cluster) if task_id == backfill.killed_task]
     runs = [ts for _, event, ts in events if event == "RUNNING"]
+    assert backfill.takeover_seconds is not None, f"{backfill.killed_task} did not run again within " \
+        f"{TAKEOVER_LIMIT} s of the kill: {events}"
     assert len(runs) == 2 and events[-1][1] == "DONE", events
     assert events[-1][0] != backfill.victim.name, events  # the host column holds the host of the last run
-    takeover = (runs[1] - backfill.killed_at).total_seconds()
-    assert 0 < takeover <= TAKEOVER_LIMIT, f"{backfill.killed_task} ran again {takeover:.0f} s after the kill"
-    with capsys.disabled():  # the figure belongs in the CI log
+    assert runs[1] > backfill.killed_at, events
+    with capsys.disabled():  # the figures belong in the CI log
         print(f"\n{backfill.killed_task} killed on {backfill.victim.name}, running on {events[-1][0]} "
-              f"{takeover:.0f} s later")
+              f"{backfill.takeover_seconds:.0f} s later; backfill of {len(TRAIN_MONTHS)} months on "
+              f"{len(WORKER_HOSTS)} worker hosts and the submitting host: {backfill.wall_seconds:.0f} s")
 
 
-def test_worker_hosts_write_nothing_outside_their_temporary_folders(backfill):
+def test_hosts_write_nothing_outside_their_temporary_folders(backfill):
     """An unprivileged account writes only where it owns the folder or anyone may write: find all it owns."""
-    owned = files_owned_by({host.uid for host in backfill.workers})
-    in_tmp = [path for path in owned if any(path.is_relative_to(host.tmp) and path != host.tmp
-                                            for host in backfill.workers)]
+    hosts = [*backfill.workers, backfill.submitting_host]
+    owned = files_owned_by({host.uid for host in hosts})
+    in_tmp = [path for path in owned if any(path.is_relative_to(host.tmp) and path != host.tmp for host in hosts)]
     assert in_tmp  # the search finds what the hosts write
-    folders = {path for host in backfill.workers for path in (host.folder, host.home, host.work, host.tmp)}
+    folders = {path for host in hosts for path in (host.folder, host.home, host.work, host.tmp)}
     assert [path for path in owned if path not in folders and path not in in_tmp] == []
 
 
@@ -195,7 +219,9 @@ def test_a_host_cannot_read_another_hosts_folders(backfill):
 
 
 def test_no_secret_in_logs_objects_mlflow_or_task_history(backfill, cluster):
-    texts = {str(path): path.read_bytes() for path in [*cluster.workdir.rglob("*.log"), cluster.pg.log]}
+    shipped_files = [path for folder in ("systemd", "config") for path in (ROOT / folder).rglob("*") if path.is_file()]
+    texts = {str(path): path.read_bytes() for path in [*cluster.workdir.rglob("*.log"), cluster.pg.log,
+                                                        *shipped_files]}
     for database in ("mlflow", "luigid"):  # every run param and tag, model version, task parameter and host
         texts[f"PostgreSQL database {database}"] = cluster.pg.dump(database).encode()
     client = cluster.s3.client()
@@ -205,6 +231,15 @@ def test_no_secret_in_logs_objects_mlflow_or_task_history(backfill, cluster):
     leaks = [(where, name) for where, text in texts.items() for name, secret in cluster.secrets.items()
              if secret.encode() in text]
     assert leaks == []
+
+
+def test_unit_files_and_profiles_set_no_credentials():
+    """Credentials reach the services only through EnvironmentFile= and the environment: no unit or profile sets a
+    password, a secret key or a URL with a password."""
+    setting = re.compile(r"^(?!\s*[#;]).*(PASSWORD|SECRET|ACCESS_KEY|TOKEN)\w*\s*=|://[^/@\s:]+:[^/@\s]+@", re.I | re.M)
+    found = [(str(path), match.group(0)) for folder in ("systemd", "config") for path in (ROOT / folder).rglob("*")
+             if path.is_file() for match in setting.finditer(path.read_text())]
+    assert found == []
 
 
 # --- two registrations at the same moment ---------------------------------------------------------------------
@@ -269,9 +304,11 @@ def register_at_the_same_moment(cluster: Cluster, workdir: Path, backend: str, b
 
 def report(backend: str, race: Race) -> str:
     decisions = ", ".join(f"v{r['version']} {r['decision']}" for r in race.records) or "none"
+    spans = "; ".join(f"{(end - start).total_seconds():.1f} s from +{(start - race.spans[0][0]).total_seconds():.1f} s"
+                      for start, end in race.spans)
     return (f"\ntwo RegisterModel at once through MLflow on {backend}: exits {[run.returncode for run in race.runs]}, "
             f"versions for {race.months}, decisions {decisions}, champion v{race.champion}, "
-            f"{len(race.server_errors)} error lines in the server log")
+            f"{len(race.server_errors)} error lines in the server log; RegisterModel ran {spans or 'never'}")
 
 
 def test_two_registrations_at_the_same_moment_register_both_with_the_right_champion(cluster, tmp_path, capsys):

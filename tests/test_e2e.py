@@ -166,3 +166,45 @@ def test_credentials_in_the_tracking_uri_and_the_source_url_are_recorded_nowhere
     leaks = [f"{name}: {what}" for name, content in produced.items() for what, secret in planted.items()
              if secret.encode() in content]
     assert leaks == []
+
+
+def _tuned(workdir, ym: str) -> dict:
+    return json.loads(next((workdir / "data" / "tuning" / "green" / ym).rglob("best_params.json")).read_text())
+
+
+def test_tuning_starts_from_the_champion_and_a_finished_month_stays_done_under_a_new_champion(e2e):
+    """2021-01 had no champion (cold start); 2023-01 starts from v1's logged parameters, trial 0 tagged as the
+    warm start; each report has the tuning plot. Rerunning 2021-01 after the champion moves runs nothing."""
+    workdir, config, _ = e2e
+    client = MlflowClient()
+    cold = _tuned(workdir, "2021-01")
+    assert cold["warm_start"] == {"version": None, "point": None, "note": "cold start: no champion"}
+    assert not cold["history"][0]["warm_start"]
+    champion = client.get_model_version_by_alias("taxi-duration-green", "champion")
+    champion_params = client.get_run(champion.run_id).data.params
+
+    warm_run = run_luigi(workdir, config, "RegisterModel", "--year", "2023", "--month", "1")
+    assert warm_run.returncode == 0, warm_run.stderr[-3000:]
+    warm = _tuned(workdir, "2023-01")
+    assert warm["warm_start"]["version"] == int(champion.version)
+    first = warm["history"][0]
+    assert first["warm_start"] and {k: str(v) for k, v in first["params"].items()} == {
+        k: champion_params[k] for k in first["params"]}
+    assert f"warm start: champion v{champion.version}'s parameters" in warm_run.stderr
+    tuning_run = client.search_runs([client.get_experiment_by_name("taxi-duration").experiment_id],
+                                    "tags.`taxi.stage` = 'tuning'", order_by=["start_time DESC"])[0]
+    assert tuning_run.data.params["warm_start_version"] == champion.version
+    for report in (workdir / "data" / "runs" / "green").glob("*/*/report.md"):
+        assert "![tuning](tuning.png)" in report.read_text()
+        assert (report.parent / "tuning.png").read_bytes().startswith(b"\x89PNG")
+    assert "warm start: champion v" in next((workdir / "data" / "runs" / "green" / "2023-01").glob("*/report.md")
+                                            ).read_text()
+
+    newest = max(int(v.version) for v in client.search_model_versions("name='taxi-duration-green'"))
+    assert newest != int(champion.version)  # the champion the 2021-01 search could have started from is gone
+    client.set_registered_model_alias("taxi-duration-green", "champion", str(newest))
+    before = _tuned(workdir, "2021-01")
+    for task in ("RegisterModel", "TuneHyperparams"):  # the search itself too, not only the task that needs it
+        again = run_luigi(workdir, config, task, *MONTH)
+        assert again.returncode == 0 and "ran successfully" not in again.stderr, again.stderr[-2000:]
+    assert _tuned(workdir, "2021-01") == before

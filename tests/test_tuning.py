@@ -75,3 +75,89 @@ def test_each_trial_stops_early_right_after_its_best_round(matrices, tmp_path):
     stopped_at = next(t["rounds_trained"] for t in trials if t["val_rmse"] == pytest.approx(best["val_rmse"]))
     assert best["num_boost_round"] == int(np.argmin(rmse[:int(stopped_at)])) + 1
     assert best["val_rmse"] == pytest.approx(rmse[:int(stopped_at)].min(), rel=1e-6)
+
+
+def _search(matrices, tmp_path, settings: tuning.TuningSettings, **kwargs) -> tuple[dict, dict[int, object]]:
+    """tune() in a fresh MLflow run; (its result, trial number -> the trial's MLflow run)."""
+    X_train, y_train, X_valid, y_valid = matrices
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    mlflow.set_experiment("search")
+    with mlflow.start_run() as parent:
+        best = tuning.tune(X_train, y_train, X_valid, y_valid, settings, **kwargs)
+    runs = MlflowClient().search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    return best, {int(r.info.run_name.removeprefix("trial-")): r for r in runs}
+
+
+def _curve(matrices, params: dict, rounds: int, rows: int, seed: int, booster_seed: int | None = None) -> np.ndarray:
+    """A trial's validation RMSE after each round, retrained on the trials' subsamples (of the search's seed)."""
+    X_train, y_train, X_valid, y_valid = matrices
+    X_fit, y_fit = tuning.subsample(X_train, y_train, rows, seed)
+    X_check, y_check = tuning.subsample(X_valid, y_valid, rows, seed)
+    curve: dict = {}
+    xgb.train(tuning.booster_params(params, seed if booster_seed is None else booster_seed, 2),
+              xgb.DMatrix(X_fit, label=y_fit), num_boost_round=rounds,
+              evals=[(xgb.DMatrix(X_check, label=y_check), "valid")], evals_result=curve, verbose_eval=False)
+    return np.array(curve["valid"]["rmse"])
+
+
+def test_a_trial_behind_the_best_finished_trial_is_pruned_at_the_first_round_it_falls_behind(matrices, tmp_path):
+    """Pruned trials stop at the first round (from prune_after_rounds on) where they are more than the tolerance
+    behind the best finished trial before them, are tagged pruned, and never become the best; the others run on."""
+    settings = tuning.TuningSettings(max_evals=5, num_boost_round=60, early_stopping_rounds=60, no_progress_evals=5,
+                                     startup_evals=5, sample_rows=3_000, seed=4, nthread=2, prune_tolerance=0.01,
+                                     prune_after_rounds=5)
+    best, runs = _search(matrices, tmp_path, settings, course_reference=False)
+    history = best["history"]
+    pruned = [t for t in history if t["pruned_at"] is not None]
+    assert pruned and len(pruned) < len(history), history
+    for trial in history:
+        assert runs[trial["trial"]].data.tags["taxi.pruned"] == str(trial["pruned_at"] is not None).lower()
+        finished_before = [t for t in history[:trial["trial"]] if t["pruned_at"] is None]
+        curve = _curve(matrices, trial["params"], 60, 3_000, 4)
+        if not finished_before:
+            assert trial["pruned_at"] is None
+            continue
+        leader = min(finished_before, key=lambda t: t["val_rmse"])
+        reference = _curve(matrices, leader["params"], leader["rounds_trained"], 3_000, 4)
+        behind = [r for r in range(5, 61) if curve[r - 1] > reference[min(r, len(reference)) - 1] * 1.01]
+        assert trial["pruned_at"] == (behind[0] if behind else None), trial
+        assert trial["rounds_trained"] == (trial["pruned_at"] or 60)
+    assert best["val_rmse"] == min(t["val_rmse"] for t in history if t["pruned_at"] is None)
+    assert best["val_rmse"] not in [t["val_rmse"] for t in pruned]
+
+
+def test_the_warm_start_is_the_first_trial_and_the_search_goes_on_from_it(matrices, tmp_path):
+    """A warm start (the champion's parameters as MLflow returns them: strings) is trial 0, tagged as such, with
+    exactly those parameters; the search then runs its other trials."""
+    champion_run_params = {"grow_policy": "lossguide", "max_depth": "0", "max_leaves": "97", "learning_rate": "0.33",
+                           "min_child_weight": "1.5", "reg_alpha": "0.02", "reg_lambda": "0.04",
+                           "num_boost_round": "80", "seed": "42", "tuning_trials": "5",
+                           "features_version": "v1"}
+    point = tuning.warm_start_point("lossguide", champion_run_params)
+    assert point == {"max_leaves": 97, "learning_rate": 0.33, "min_child_weight": 1.5, "reg_alpha": 0.02,
+                     "reg_lambda": 0.04}
+    settings = tuning.TuningSettings(max_evals=3, num_boost_round=20, early_stopping_rounds=5, no_progress_evals=5,
+                                     startup_evals=3, sample_rows=2_000, seed=5, nthread=2)
+    best, runs = _search(matrices, tmp_path, settings, warm_start=point, course_reference=False)
+    first = best["history"][0]
+    assert first["warm_start"] and first["params"] == {"grow_policy": "lossguide", "max_depth": 0, **point}
+    assert runs[0].data.params["max_leaves"] == "97" and runs[0].data.tags["taxi.warm_start"] == "true"
+    assert [t["warm_start"] for t in best["history"]] == [True, False, False]
+    assert runs[1].data.tags["taxi.warm_start"] == "false" and runs[1].data.params != runs[0].data.params
+
+
+def test_a_champion_from_another_space_gives_no_warm_start():
+    course_champion = {k: str(v) for k, v in tuning.COURSE_PARAMS.items()}
+    assert tuning.warm_start_point("lossguide", course_champion) is None
+    assert tuning.warm_start_point("course", course_champion) == tuning.typed(tuning.COURSE_PARAMS)
+    lossguide_champion = {"grow_policy": "lossguide", "max_depth": "0", "max_leaves": "97", "learning_rate": "0.33",
+                          "min_child_weight": "1.5", "reg_alpha": "0.02", "reg_lambda": "0.04"}
+    assert tuning.warm_start_point("course", lossguide_champion) is None  # max_depth 0 is not a depth-wise tree
+
+
+def test_the_course_reference_is_the_course_parameters_scored_like_a_trial(matrices, tmp_path):
+    settings = tuning.TuningSettings(max_evals=1, num_boost_round=5, early_stopping_rounds=5, no_progress_evals=5,
+                                     startup_evals=1, sample_rows=2_000, seed=6, nthread=2)
+    best, _ = _search(matrices, tmp_path, settings)
+    curve = _curve(matrices, tuning.COURSE_PARAMS, tuning.COURSE_ROUNDS, 2_000, 6, tuning.COURSE_SEED)
+    assert best["course_val_rmse"] == pytest.approx(curve[-1], rel=1e-5)
