@@ -214,7 +214,7 @@ class Pipeline:
         outputs["TrainModel"] = [run_dir / "booster.ubj", run_dir / "train.json"]
         outputs["RegisterModel"] = [run_dir / name for name in ("registration.json", "report.md",
                                                                 "predicted_vs_actual.png", "residuals.png",
-                                                                "feature_importance.png")]
+                                                                "feature_importance.png", "tuning.png")]
         return outputs
 
     def complete_tasks(self) -> set[str]:

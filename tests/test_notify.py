@@ -23,7 +23,7 @@ from tests.luigi_process import private_lock
 
 TOKEN = f"T0FAKE/B0FAKE/{secrets.token_hex(12)}"  # a Slack webhook URL's path is its secret
 REGISTER_OUTPUTS = ("registration.json", "report.md", "predicted_vs_actual.png", "residuals.png",
-                    "feature_importance.png")
+                    "feature_importance.png", "tuning.png")
 
 
 class Receiver:

@@ -116,7 +116,14 @@ def test_registry_error_at_the_champion_lookup_fails_the_task_and_moves_no_alias
     assert run_luigi(tmp_path, config, *month).returncode == 0
 
     proxy.fail("GET", CHAMPION_LOOKUP, 500)
-    another_model = (*month, "--TuneHyperparams-seed", "7")
+    warm = run_luigi(tmp_path, config, *month, "--TuneHyperparams-seed", "8",
+                     env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"})
+    [error] = [line for line in warm.stderr.splitlines() if line.startswith("taxi.registry.RegistryError")]
+    assert warm.returncode == 30 and error.endswith("tuning did not start: fix the tracking server and rerun")
+    assert "TuneHyperparams" in warm.stderr.split(" failed: RegistryError")[0].rsplit("ERROR: ", 1)[-1]
+
+    # the warm start meets the 500 before the decision does: this part is about the decision
+    another_model = (*month, "--TuneHyperparams-seed", "7", "--TuneHyperparams-warm-start", "false")
     failed = run_luigi(tmp_path, config, *another_model, env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"})
     assert failed.returncode == 30, failed.stderr[-3000:]
     [error] = [line for line in failed.stderr.splitlines() if line.startswith("taxi.registry.RegistryError")]

@@ -174,7 +174,7 @@ def test_s3_store_registers_the_same_model_as_a_local_run(first_run, pipeline, l
     assert "8 ran successfully" in first_run.stderr
     local_files = {path.relative_to(local_store).as_posix() for path in local_store.rglob("*") if path.is_file()}
     objects = pipeline.objects()
-    assert set(objects) == local_files and len(objects) == 19
+    assert set(objects) == local_files and len(objects) == 20
     run_dir = pipeline.run_dir()
     assert {"raw/green/green_tripdata_2021-02.parquet", "clean/v1/green/2021-01.parquet",
             "features/v1/green/2021-01/train.npz", f"{run_dir}/booster.ubj", f"{run_dir}/report.md"} <= set(objects)

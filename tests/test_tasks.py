@@ -86,8 +86,8 @@ def test_tune_hyperparams_logs_each_trial_and_is_deterministic(luigi_config, tmp
     task = tasks.TuneHyperparams(year=2021, month=1)
     build(task)
     best = storage.read_json(task.output())
-    assert best["trials"] == 2 and set(best["params"]) == {"max_depth", "learning_rate", "reg_alpha",
-                                                            "reg_lambda", "min_child_weight"}
+    assert best["trials"] == 2 and set(best["params"]) == {"grow_policy", "max_depth", "max_leaves", "learning_rate",
+                                                            "reg_alpha", "reg_lambda", "min_child_weight"}
     mlflow.set_tracking_uri(luigi_config["mlflow"]["tracking_uri"])
     runs = mlflow.search_runs(experiment_names=["taxi-duration"], output_format="list")
     parent = [r for r in runs if r.data.tags.get("taxi.stage") == "tuning"]
@@ -124,7 +124,7 @@ def test_train_and_register_records_lineage_and_the_report_and_rebuilds_a_delete
     assert len(run.data.tags["train.sha256"]) == 64
     artifacts = {a.path for a in MlflowClient().list_artifacts(trained["run_id"], "report")}
     assert artifacts == {f"report/{name}" for name in ("report.md", "predicted_vs_actual.png", "residuals.png",
-                                                      "feature_importance.png")}
+                                                      "feature_importance.png", "tuning.png")}
     report = open(first.output()["report.md"].path).read()
     assert f"v1: champion" in report and "| 2021-01 |" in report and f"{reg['val_rmse']:.4f}" in report
     assert open(first.output()["residuals.png"].path, "rb").read(4) == b"\x89PNG"
