@@ -89,6 +89,13 @@ def summary(color: str, registration: dict, trained: dict, tuning: dict, stats: 
     }
 
 
+def files(summary: dict, y_true: np.ndarray, y_pred: np.ndarray, importances: dict[str, float]) -> dict[str, bytes]:
+    """Every file of a run's report (FILES), as bytes by name."""
+    tuning = summary["tuning"]
+    return {"report.md": markdown(summary).encode(), **plots(y_true, y_pred, importances),
+            TUNING_PLOT: tuning_plot(tuning["history"], tuning["course_val_rmse"])}
+
+
 def _tuning_lines(tuning: dict) -> list[str]:
     """The search in a few lines: trials, pruned, warm start, and the course's parameters on the same sample."""
     history = tuning.get("history", [])

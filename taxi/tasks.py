@@ -575,14 +575,12 @@ class RegisterModel(TrainingTask):
         booster = self._stored_booster()
         gains = booster.get_score(importance_type="total_gain")
         importances = {vectorizer.feature_names_[int(k[1:])]: v for k, v in gains.items()}
-        pngs = report.plots(y_valid, training.predict(booster, X_valid), importances)
         best = storage.read_json(inputs["params"])
         stats = {key: storage.read_json(out["stats"]) for key, out in inputs["clean"].items()}
         summary = report.summary(self.color, registration, trained, best, stats, time.monotonic() - started)
-        pngs[report.TUNING_PLOT] = report.tuning_plot(best["history"], best["course_val_rmse"])
-        markdown = report.markdown(summary)
+        files = report.files(summary, y_valid, training.predict(booster, X_valid), importances)
         with tempfile.TemporaryDirectory(prefix="taxi-report-") as tmp:
-            for name, content in {"report.md": markdown.encode(), **pngs}.items():
+            for name, content in files.items():
                 with open(os.path.join(tmp, name), "wb") as f:
                     f.write(content)
                 storage.put_file(os.path.join(tmp, name), self.output()[name])
