@@ -230,14 +230,19 @@ def registered_run_of_task(experiment: str, name: str, task_id: str) -> tuple[st
     """(run id, model URI) of a version of `name` registered from a run that Luigi task `task_id` logged in
     `experiment` of this registry, if any: an earlier attempt's model, to register again instead of a copy."""
     client = MlflowClient()
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        return None
-    for run in client.search_runs([found.experiment_id], f"tags.`{TASK_TAG}` = '{task_id}'", max_results=10_000):
+    for run in _runs_of_task(client, experiment, task_id):
         version = _version_of_run(client, name, run.info.run_id)
         if version is not None:
             return run.info.run_id, version.source
     return None
+
+
+def _runs_of_task(client: MlflowClient, experiment: str, task_id: str) -> list:
+    """The runs Luigi task `task_id` logged in `experiment` (none if the experiment does not exist)."""
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    return client.search_runs([found.experiment_id], f"tags.`{TASK_TAG}` = '{task_id}'", max_results=10_000)
 
 
 def end_stale_runs(experiment: str, task_id: str) -> list[str]:
@@ -245,11 +250,8 @@ def end_stale_runs(experiment: str, task_id: str) -> list[str]:
     and finished top-level runs that no model version uses (killed between logging and writing the task's target).
     Returns their ids."""
     client = MlflowClient()
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        return []
     stale = []
-    for run in client.search_runs([found.experiment_id], f"tags.`{TASK_TAG}` = '{task_id}'", max_results=10_000):
+    for run in _runs_of_task(client, experiment, task_id):
         run_id, status = run.info.run_id, run.info.status
         orphan = (status == "FINISHED" and "mlflow.parentRunId" not in run.data.tags
                   and not client.search_model_versions(f"run_id='{run_id}'"))

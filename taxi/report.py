@@ -98,15 +98,12 @@ def files(summary: dict, y_true: np.ndarray, y_pred: np.ndarray, importances: di
 
 def _tuning_lines(tuning: dict) -> list[str]:
     """The search in a few lines: trials, pruned, warm start, and the course's parameters on the same sample."""
-    history = tuning.get("history", [])
-    pruned = sum(t["pruned_at"] is not None for t in history)
-    lines = [f"{tuning['trials']} trials ({pruned} pruned) in {tuning.get('search_seconds', tuning['seconds']):.1f} s; "
-             f"{tuning.get('warm_start', {}).get('note', 'cold start')}; best validation RMSE on the trial sample "
-             f"{tuning['val_rmse']:.4f}"]
-    if tuning.get("course_val_rmse") is not None:
-        lines[0] += f", the course's fixed parameters {tuning['course_val_rmse']:.4f}"
-    lines[0] += "."
-    return ["", lines[0], "", f"![tuning]({TUNING_PLOT})"]
+    pruned = sum(t["pruned_at"] is not None for t in tuning["history"])
+    course = tuning["course_val_rmse"]
+    line = (f"{tuning['trials']} trials ({pruned} pruned) in {tuning['search_seconds']:.1f} s; "
+            f"{tuning['warm_start']['note']}; best validation RMSE on the trial sample {tuning['val_rmse']:.4f}"
+            + ("" if course is None else f", the course's fixed parameters {course:.4f}") + ".")
+    return ["", line, "", f"![tuning]({TUNING_PLOT})"]
 
 
 def _value(v) -> str:
