@@ -1,4 +1,5 @@
-"""Where TLC months come from, how they are fetched, checked and cleaned (pure: no luigi)."""
+"""TLC months as data: which months can exist, where a month's file is, the raw file's checks and the cleaning rules
+(pure: no luigi)."""
 
 from __future__ import annotations
 
@@ -6,56 +7,30 @@ import datetime as dt
 import hashlib
 import logging
 import os
-import shutil
-import time
-from dataclasses import dataclass
-from typing import Callable
-from urllib.parse import unquote, urlparse
+from dataclasses import asdict, dataclass
+from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
-import requests
 
-from taxi.urls import redact, redact_text
+from taxi.zones import pu_do, zone_str
 
 log = logging.getLogger(__name__)
 
 COLORS = ("green", "yellow")
 FIRST_YEAR = 2009
 TLC_SOURCE = "https://d37ci6vzurychx.cloudfront.net/trip-data/{color}_tripdata_{year}-{month:02d}.parquet"
+TLC_FILENAME = "{color}_tripdata_{ym}.parquet"  # the TLC's own file name of a month, kept in mirrors and the store
 DATETIME_PREFIX = {"green": "lpep", "yellow": "tpep"}
 MIN_DURATION, MAX_DURATION = 1.0, 60.0
 KNOWN_ZONES = (1, 265)
+MAX_DROP_SHARE = 0.2  # cleaning warns when it drops more than this share of a month's rows
 CHUNK = 1 << 20
-
-Progress = Callable[[int, int | None], None]  # (bytes so far, total bytes or None)
 
 
 class DataError(ValueError):
     """A month's data cannot be used; the message says what is wrong and what to do."""
-
-
-class MonthNotPublished(DataError):
-    """The source has no file for this month (HTTP 404 / missing file)."""
-
-
-class TransientSourceError(IOError):
-    """A failure worth retrying: 5xx, timeout, dropped connection, short body. `reason` is the few words a retry
-    warning shows; `hint`, what to do, ends the message."""
-
-    def __init__(self, message: str, reason: str, hint: str = ""):
-        super().__init__(f"{message}; {hint}" if hint else message)
-        self.core, self.reason, self.hint = message, reason, hint
-
-    def gave_up(self, attempts: int) -> "TransientSourceError":
-        return type(self)(f"{self.core} (gave up after {attempts} attempts)", self.reason, self.hint)
-
-
-class SourceUnreachable(TransientSourceError):
-    """No connection to the source's host at all (no name resolution, refused, no route): offline, or a wrong URL."""
-
-    HINT = "offline? set [taxi] source or TAXI_SOURCE to a mirror folder of TLC files"
 
 
 def validate_month(color: str, year: int, month: int, *, needs_next_month: bool = False,
@@ -82,8 +57,13 @@ def next_month(year: int, month: int) -> tuple[int, int]:
     return (year + 1, 1) if month == 12 else (year, month + 1)
 
 
+def ym(year: int, month: int) -> str:
+    """A month as YYYY-MM."""
+    return f"{year}-{month:02d}"
+
+
 def tlc_filename(color: str, year: int, month: int) -> str:
-    return f"{color}_tripdata_{year}-{month:02d}.parquet"
+    return TLC_FILENAME.format(color=color, ym=ym(year, month))
 
 
 def source_url(source: str, color: str, year: int, month: int) -> str:
@@ -93,85 +73,6 @@ def source_url(source: str, color: str, year: int, month: int) -> str:
     if urlparse(source).scheme in ("http", "https", "file", "s3"):
         return f"{source.rstrip('/')}/{tlc_filename(color, year, month)}"
     return os.path.join(os.path.abspath(source), tlc_filename(color, year, month))
-
-
-def fetch(url: str, dest: str, *, retries: int = 4, backoff: float = 2.0, timeout: float = 30.0,
-          progress: Progress | None = None) -> None:
-    """Copy `url` (http(s), file:// or a local path) to `dest`, retrying transient failures.
-
-    Messages and logs name the URL without its credentials (taxi.urls.redact)."""
-    parsed = urlparse(url)
-    if parsed.scheme in ("http", "https"):
-        for attempt in range(1, retries + 2):
-            try:
-                _fetch_http(url, dest, timeout, progress)
-                return
-            except TransientSourceError as exc:
-                if attempt > retries:
-                    raise exc.gave_up(attempt) from None
-                delay = backoff * 2 ** (attempt - 1)
-                # a failure with a hint (no connection at all: offline?) says what to do from its first warning on
-                what = str(exc) if exc.hint else f"download of {redact(url)} failed ({exc.reason})"
-                log.warning("%s; retry %d/%d in %.1fs", what, attempt, retries, delay)
-                time.sleep(delay)
-    path = unquote(parsed.path) if parsed.scheme == "file" else url
-    if not os.path.exists(path):
-        raise MonthNotPublished(f"{path} does not exist: the month is not in the mirror; check [taxi] source")
-    shutil.copyfile(path, dest)
-
-
-def _fetch_http(url: str, dest: str, timeout: float, progress: Progress | None) -> None:
-    shown = redact(url)
-    try:
-        # identity: the file's own bytes, so Content-Length counts exactly what is written (a server that gzips
-        # every type would otherwise send a compressed length for a decompressed body)
-        with requests.get(url, stream=True, timeout=timeout, headers={"Accept-Encoding": "identity"}) as resp:
-            if resp.status_code == 404:
-                raise MonthNotPublished(
-                    f"HTTP 404 for {shown}: the month is not published at the source (or not in the mirror)"
-                )
-            if resp.status_code == 403:  # S3 behind CloudFront answers 403 for a missing key when listing is denied
-                raise MonthNotPublished(
-                    f"HTTP 403 for {shown}: the month is not published at the source, or the source denies access"
-                )
-            if resp.status_code >= 500 or resp.status_code == 429:
-                raise TransientSourceError(f"HTTP {resp.status_code} from {shown}", f"HTTP {resp.status_code}")
-            if resp.status_code >= 400:
-                raise DataError(f"HTTP {resp.status_code} {resp.reason} for {shown}: check [taxi] source")
-            total = int(resp.headers["Content-Length"]) if "Content-Length" in resp.headers else None
-            done = 0
-            with open(dest, "wb") as out:
-                for chunk in resp.iter_content(CHUNK):
-                    out.write(chunk)
-                    done += len(chunk)
-                    if progress:
-                        progress(done, total)
-    except requests.ConnectionError as exc:
-        reason = _unreachable_reason(exc)
-        if reason:
-            host = urlparse(url).hostname
-            raise SourceUnreachable(f"cannot reach {host} for {shown} ({reason})", reason,
-                                    SourceUnreachable.HINT) from None
-        raise TransientSourceError(f"{type(exc).__name__} while reading {shown}: {redact_text(str(exc), url)}",
-                                   type(exc).__name__) from None
-    except (requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
-        raise TransientSourceError(f"{type(exc).__name__} while reading {shown}: {redact_text(str(exc), url)}",
-                                   type(exc).__name__) from None
-    if total is not None and done != total:
-        raise TransientSourceError(f"short body from {shown}: {done} of {total} bytes",
-                                   f"short body, {done} of {total} bytes")
-
-
-def _unreachable_reason(exc: requests.ConnectionError) -> str | None:
-    """A few words when no connection was made at all (name resolution, refused, unreachable); None otherwise."""
-    import urllib3.exceptions
-
-    cause = getattr(exc.args[0], "reason", None) if exc.args else None
-    if isinstance(cause, urllib3.exceptions.NameResolutionError):
-        return "name resolution failed"
-    if isinstance(cause, urllib3.exceptions.NewConnectionError):
-        return str(cause).rsplit(": ", 1)[-1]  # e.g. "[Errno 111] Connection refused"
-    return None
 
 
 def sha256(path: str) -> str:
@@ -214,11 +115,20 @@ class CleanStats:
 
     @property
     def dropped_share(self) -> float:
-        return 1 - self.rows_clean / self.rows_raw if self.rows_raw else 1.0
+        return dropped_share(self.rows_raw, self.rows_clean)
+
+    def record(self) -> dict[str, int]:
+        """The counts as the month's stats JSON records them."""
+        return asdict(self)
+
+
+def dropped_share(rows_raw: int, rows_clean: int) -> float:
+    """The share of a month's rows that cleaning dropped (all of them when there were none)."""
+    return 1 - rows_clean / rows_raw if rows_raw else 1.0
 
 
 def clean_trips(df: pd.DataFrame, color: str, *, what: str = "month",
-                max_drop_share: float = 0.2) -> tuple[pd.DataFrame, CleanStats]:
+                max_drop_share: float = MAX_DROP_SHARE) -> tuple[pd.DataFrame, CleanStats]:
     """Duration in minutes kept in [1, 60], zone ids as strings and `PU_DO`; no rows left is an error."""
     missing = sorted(set(required_columns(color)) - set(df.columns))
     if missing:
@@ -254,16 +164,3 @@ def clean_trips(df: pd.DataFrame, color: str, *, what: str = "month",
         log.warning("%s: cleaning dropped %.1f%% of %d rows (more than the %.0f%% allowed by "
                     "[CleanMonth] max_drop_share)", what, 100 * stats.dropped_share, len(df), 100 * max_drop_share)
     return out, stats
-
-
-def zone_str(zone: pd.Series) -> pd.Series:
-    """Zone ids as strings whatever their integer/float/string dtype ('43', never '43.0'): the one rule for cleaning
-    and serving."""
-    if pd.api.types.is_float_dtype(zone):
-        zone = zone.astype("Int64")
-    return zone.astype(str)
-
-
-def pu_do(pu: pd.Series, do: pd.Series) -> pd.Series:
-    """The pickup-dropoff pair feature from zone-id strings: '43_151'."""
-    return pu + "_" + do

@@ -1,4 +1,5 @@
-"""Feature matrices identical to DictVectorizer on {PU_DO, trip_distance} records, built without dicts."""
+"""Feature matrices identical to DictVectorizer on {PU_DO, trip_distance} records, built without dicts (pure: no
+luigi; part of the served model's code)."""
 
 from __future__ import annotations
 
@@ -59,8 +60,10 @@ def save_matrix(X: sp.csr_matrix, y: np.ndarray, f) -> None:
 
 
 def load_matrix(f) -> tuple[sp.csr_matrix, np.ndarray]:
-    """Read what `save_matrix` wrote (a path, or a file object that need not be seekable)."""
-    if hasattr(f, "read"):
+    """Read what `save_matrix` wrote (bytes, a path, or a file object that need not be seekable)."""
+    if isinstance(f, bytes):
+        f = io.BytesIO(f)
+    elif hasattr(f, "read"):
         f = io.BytesIO(f.read())
     with np.load(f) as npz:
         X = sp.csr_matrix((npz["data"], npz["indices"], npz["indptr"]), shape=tuple(npz["shape"]))

@@ -14,8 +14,7 @@ import sys
 
 import luigi.retcodes
 
-from taxi import data, schedule
-from taxi.tasks import TaxiConfig, source_file_published
+from taxi import config, data, schedule, source
 
 log = logging.getLogger("taxi.monthly")  # not __name__: that is "__main__" under python -m
 
@@ -26,13 +25,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--as-of", type=dt.date.fromisoformat, default=dt.date.today(),
                         help="choose the month as a run on this date would have (default: today)")
     args, luigi_args = parser.parse_known_args(argv)
-    source = TaxiConfig().source
-    found = schedule.newest_trainable_month(args.color, source, args.as_of, source_file_published)
+    config.load()
+    config.configure_logging()
+    where = config.TaxiConfig().source
+    found = schedule.newest_trainable_month(args.color, where, args.as_of, source.published)
     if found is None:
         log.error("no %s month with its following month published at %s among the %d newest candidates as of %s",
-                  args.color, source, schedule.LOOKBACK_MONTHS, args.as_of)
+                  args.color, where, schedule.LOOKBACK_MONTHS, args.as_of)
         sys.exit(luigi.retcodes.retcode().missing_data)
-    month = f"{found[0]}-{found[1]:02d}"
+    month = data.ym(*found)
     log.info("newest trainable %s month as of %s: %s", args.color, args.as_of, month)
     luigi.retcodes.run_with_retcodes(["--module", "taxi.tasks", "RegisterMonth", "--color", args.color,
                                       "--month", month, *luigi_args])

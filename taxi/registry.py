@@ -1,33 +1,23 @@
-"""MLflow tracking setup and the champion/challenger registration (pure: no luigi)."""
+"""The model registry: registering a run's model and the champion/challenger decision (pure: no luigi)."""
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
-import os
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import mlflow
-import requests
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from sqlalchemy.engine import make_url
 
-from taxi.urls import redact, split_credentials, tracking_identity
+from taxi.tracking import local_registry_lock, runs_of_task
+from taxi.urls import redact
 
 log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 DECISION_TAG = "taxi.decision"  # on a model version: the decision made for it, written before the alias moves
-TASK_TAG = "taxi.task_id"  # on a run: the Luigi task that logged it
-
-
-class TrackingUnavailable(RuntimeError):
-    """The MLflow tracking server cannot be reached."""
-
 
 class RegistryError(RuntimeError):
     """The registry answered with an error: nothing was decided, the alias did not move."""
@@ -44,84 +34,6 @@ class Decision:
 
 def model_name(color: str) -> str:
     return f"taxi-duration-{color}"
-
-
-def connect(tracking_uri: str, experiment: str, artifact_location: str | None = None) -> str:
-    """Point mlflow at `tracking_uri` (failing fast and clearly if a server is down), pick the experiment and return
-    the URI without credentials, the only form that is ever logged or recorded.
-
-    Credentials in the URI (`https://user:password@host`) move to MLflow's own MLFLOW_TRACKING_USERNAME/PASSWORD.
-    `artifact_location` applies to a new experiment on a local database; a server decides its own.
-    """
-    credentials = split_credentials(tracking_uri)[1]
-    tracking_uri = tracking_identity(tracking_uri)
-    if credentials:
-        os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = credentials
-    server = tracking_uri.split(":", 1)[0] in ("http", "https")
-    if server:
-        auth = credentials or _env_credentials()
-        try:
-            requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=5, auth=auth).raise_for_status()
-        except requests.RequestException as exc:
-            raise TrackingUnavailable(
-                f"MLflow tracking server {tracking_uri} is not reachable ({type(exc).__name__}); start it "
-                f"(scripts/services start) or set [mlflow] tracking_uri / MLFLOW_TRACKING_URI"
-            ) from None
-    with local_registry_lock(tracking_uri):  # two processes creating one new sqlite database at once fail
-        mlflow.set_tracking_uri(tracking_uri)
-        if mlflow.get_experiment_by_name(experiment) is None and artifact_location and not server:
-            mlflow.create_experiment(experiment, artifact_location=artifact_location)
-        mlflow.set_experiment(experiment)
-        MlflowClient().search_registered_models(max_results=1)  # creates the registry's tables too
-    return tracking_uri
-
-
-def run_url(run_id: str) -> str | None:
-    """The MLflow UI page of a run when tracking goes to a server (which serves the UI); None for a local database."""
-    base = _ui_base()
-    if base is None:
-        return None
-    return f"{base}/#/experiments/{MlflowClient().get_run(run_id).info.experiment_id}/runs/{run_id}"
-
-
-def version_url(name: str, version: int) -> str | None:
-    """The MLflow UI page of a registered model version (None for a local database)."""
-    base = _ui_base()
-    return None if base is None else f"{base}/#/models/{name}/versions/{version}"
-
-
-def _ui_base() -> str | None:
-    uri = mlflow.get_tracking_uri()
-    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else None
-
-
-def _env_credentials() -> tuple[str, str] | None:
-    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
-    return (user, password) if user and password else None
-
-
-def local_database(tracking_uri: str) -> str | None:
-    """The file of a sqlite tracking URI (None for a server or another database)."""
-    if not tracking_uri.startswith("sqlite:"):
-        return None
-    return make_url(tracking_uri).database or None
-
-
-@contextmanager
-def local_registry_lock(tracking_uri: str) -> Iterator[None]:
-    """An exclusive lock on `<database>.lock` beside a sqlite tracking database, for every process on this machine
-    that uses it; a no-op for a tracking server, where the scheduler's `mlflow_registry` resource serialises."""
-    database = local_database(tracking_uri)
-    if database is None or database == ":memory:":
-        yield
-        return
-    os.makedirs(os.path.dirname(os.path.abspath(database)), exist_ok=True)
-    with open(f"{database}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def register(name: str, run_id: str, model_uri: str, val_rmse: float,
@@ -230,34 +142,8 @@ def registered_run_of_task(experiment: str, name: str, task_id: str) -> tuple[st
     """(run id, model URI) of a version of `name` registered from a run that Luigi task `task_id` logged in
     `experiment` of this registry, if any: an earlier attempt's model, to register again instead of a copy."""
     client = MlflowClient()
-    for run in _runs_of_task(client, experiment, task_id):
+    for run in runs_of_task(client, experiment, task_id):
         version = _version_of_run(client, name, run.info.run_id)
         if version is not None:
             return run.info.run_id, version.source
     return None
-
-
-def _runs_of_task(client: MlflowClient, experiment: str, task_id: str) -> list:
-    """The runs Luigi task `task_id` logged in `experiment` (none if the experiment does not exist)."""
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        return []
-    return client.search_runs([found.experiment_id], f"tags.`{TASK_TAG}` = '{task_id}'", max_results=10_000)
-
-
-def end_stale_runs(experiment: str, task_id: str) -> list[str]:
-    """Mark KILLED what an earlier, interrupted attempt of this Luigi task left in `experiment`: runs still RUNNING,
-    and finished top-level runs that no model version uses (killed between logging and writing the task's target).
-    Returns their ids."""
-    client = MlflowClient()
-    stale = []
-    for run in _runs_of_task(client, experiment, task_id):
-        run_id, status = run.info.run_id, run.info.status
-        orphan = (status == "FINISHED" and "mlflow.parentRunId" not in run.data.tags
-                  and not client.search_model_versions(f"run_id='{run_id}'"))
-        if status == "RUNNING" or orphan:
-            client.set_terminated(run_id, "KILLED")
-            stale.append(run_id)
-    if stale:
-        log.info("marked %d run(s) of an interrupted attempt of %s KILLED: %s", len(stale), task_id, ", ".join(stale))
-    return stale

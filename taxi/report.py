@@ -6,9 +6,10 @@ import io
 
 import numpy as np
 
-PLOTS = ("predicted_vs_actual.png", "residuals.png", "feature_importance.png")
-TUNING_PLOT = "tuning.png"
-FILES = ("report.md", *PLOTS, TUNING_PLOT)  # what a registered run's report folder holds
+from taxi.data import dropped_share
+from taxi.layout import REPORT, REPORT_PLOTS, TUNING_PLOT
+from taxi.tuning import pruned_count
+
 
 
 def _png(fig) -> bytes:
@@ -46,7 +47,7 @@ def plots(y_true: np.ndarray, y_pred: np.ndarray, importances: dict[str, float],
     ax.set_xscale("log")
     ax.set(xlabel="total gain (log scale)", title=f"Top {len(ranked)} features")
     importance = _png(fig)
-    return dict(zip(PLOTS, (predicted_vs_actual, residuals, importance)))
+    return dict(zip(REPORT_PLOTS, (predicted_vs_actual, residuals, importance)))
 
 
 def tuning_plot(history: list[dict], course_rmse: float | None) -> bytes:
@@ -75,10 +76,11 @@ def tuning_plot(history: list[dict], course_rmse: float | None) -> bytes:
     return _png(fig)
 
 
-def summary(color: str, registration: dict, trained: dict, tuning: dict, stats: dict[str, dict],
-            register_seconds: float) -> dict:
-    """What markdown() reports, from the run's records: registration, training, tuning and the months' stats."""
-    return {
+def build(color: str, registration: dict, trained: dict, tuning: dict, stats: dict[str, dict], y_valid: np.ndarray,
+          y_pred: np.ndarray, importances: dict[str, float], register_seconds: float) -> dict[str, bytes]:
+    """Every file of a run's report (layout.REPORT_FILES), as bytes by name, from the run's records (registration,
+    training, tuning, the months' stats), the validation month's predictions and the feature importances."""
+    summary = {
         "color": color, "registration": registration, "train_rmse": trained["train_rmse"], "tuning": tuning,
         "data": {"train_month": stats["train"]["month"], "valid_month": stats["valid"]["month"],
                  "train": stats["train"], "valid": stats["valid"]},
@@ -87,18 +89,13 @@ def summary(color: str, registration: dict, trained: dict, tuning: dict, stats: 
                     "tune": tuning["seconds"], "train + log": trained["seconds"],
                     "register + report": register_seconds},
     }
-
-
-def files(summary: dict, y_true: np.ndarray, y_pred: np.ndarray, importances: dict[str, float]) -> dict[str, bytes]:
-    """Every file of a run's report (FILES), as bytes by name."""
-    tuning = summary["tuning"]
-    return {"report.md": markdown(summary).encode(), **plots(y_true, y_pred, importances),
+    return {REPORT: markdown(summary).encode(), **plots(y_valid, y_pred, importances),
             TUNING_PLOT: tuning_plot(tuning["history"], tuning["course_val_rmse"])}
 
 
 def _tuning_lines(tuning: dict) -> list[str]:
     """The search in a few lines: trials, pruned, warm start, and the course's parameters on the same sample."""
-    pruned = sum(t["pruned_at"] is not None for t in tuning["history"])
+    pruned = pruned_count(tuning["history"])
     course = tuning["course_val_rmse"]
     line = (f"{tuning['trials']} trials ({pruned} pruned) in {tuning['search_seconds']:.1f} s; "
             f"{tuning['warm_start']['note']}; best validation RMSE on the trial sample {tuning['val_rmse']:.4f}"
@@ -137,7 +134,7 @@ def markdown(summary: dict) -> str:
     for key in ("train", "valid"):
         m = data[key]
         lines.append(f"| {m['month']} | `{m['source_url']}` | {m['rows_raw']:,} | {m['rows_clean']:,} | "
-                     f"{100 * (1 - m['rows_clean'] / m['rows_raw']):.1f}% |")
+                     f"{100 * dropped_share(m['rows_raw'], m['rows_clean']):.1f}% |")
     lines += [
         "",
         "| RMSE (minutes) | value |",
@@ -160,5 +157,5 @@ def markdown(summary: dict) -> str:
     lines += [f"| {k} | {_value(v)} |" for k, v in sorted(summary["tuning"]["params"].items())]
     lines += ["", "## Timings", "", "| step | seconds |", "|---|---:|"]
     lines += [f"| {step} | {seconds:.1f} |" for step, seconds in summary["timings"].items()]
-    lines += ["", "## Plots", ""] + [f"![{name[:-4]}]({name})" for name in PLOTS]
+    lines += ["", "## Plots", ""] + [f"![{name[:-4]}]({name})" for name in REPORT_PLOTS]
     return "\n".join(lines) + "\n"

@@ -1,5 +1,5 @@
 """Which month a scheduled run trains: the newest month whose TLC file and the following month's file are both
-published at the source (pure logic plus the probe for HTTP and folder sources; no luigi).
+published at the source (pure: no luigi; source.published is the probe).
 
 The TLC publishes a month about two months after it ends, so on 2024-05-20 the newest month with a finished
 validation month is 2024-03 (validated on 2024-04), and its files may well not be out yet.
@@ -9,18 +9,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 from typing import Callable
-from urllib.parse import unquote, urlparse
-
-import requests
 
 from taxi import data
 
 log = logging.getLogger(__name__)
 
 LOOKBACK_MONTHS = 12  # training months tried, newest first, before giving up
-HEAD_TIMEOUT = 30.0
 
 
 def previous_month(year: int, month: int) -> tuple[int, int]:
@@ -49,17 +44,3 @@ def newest_trainable_month(color: str, source: str, today: dt.date, is_published
             return year, month
         year, month = previous_month(year, month)
     return None
-
-
-def source_published(url: str, timeout: float = HEAD_TIMEOUT) -> bool:
-    """Whether the source serves `url`: an HTTP HEAD request for http(s), the file's existence for a path or
-    file:// URL. A server error or an unreachable server raises instead of reading as 'not published'."""
-    parsed = urlparse(url)
-    if parsed.scheme in ("http", "https"):
-        response = requests.head(url, timeout=timeout, allow_redirects=True)
-        # S3 behind CloudFront (the TLC's host) answers 403 rather than 404 for a key that does not exist
-        if response.status_code in (403, 404):
-            return False
-        response.raise_for_status()
-        return True
-    return os.path.isfile(unquote(parsed.path) if parsed.scheme == "file" else url)

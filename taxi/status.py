@@ -21,8 +21,7 @@ import requests
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from taxi import data, registry, storage
-from taxi.tasks import MlflowConfig, TaxiConfig
+from taxi import config, data, layout, registry, storage, tracking
 from taxi.urls import redact
 
 log = logging.getLogger("taxi.status")  # not __name__: that is "__main__" under python -m
@@ -71,7 +70,7 @@ def registry_versions(name: str) -> dict[int, Version]:
 def registrations(store: str, color: str) -> list[tuple[str, dict]]:
     """(run folder relative to the store, its registration.json) of every registered run of `color`."""
     return [(posixpath.dirname(path), storage.read_json(storage.target(store, path)))
-            for path in storage.list_targets(store, f"runs/{color}", "/registration.json")]
+            for path in storage.list_targets(store, layout.RUNS.format(color=color), f"/{layout.REGISTRATION}")]
 
 
 def make_row(store: str, folder: str, registration: dict, versions: dict[int, Version]) -> Row:
@@ -81,10 +80,10 @@ def make_row(store: str, folder: str, registration: dict, versions: dict[int, Ve
         version = None  # the same number in another registry
     alias = MISSING if version is None else next(
         (a for a in (registry.CHAMPION, registry.CHALLENGER) if a in version.aliases), "none")
-    return Row(month=folder.split("/")[2], version=registration["version"], alias=alias,
+    return Row(month=layout.run_month(folder), version=registration["version"], alias=alias,
                decision=registration["decision"], val_rmse=registration["val_rmse"],
                registered=None if version is None else version.created,
-               report=storage.target(store, f"{folder}/report.md").path)
+               report=storage.target(store, posixpath.join(folder, layout.REPORT)).path)
 
 
 def table(rows: list[Row]) -> str:
@@ -149,9 +148,10 @@ def scheduler_section(url: str | None) -> str:
 
 def status(colors: list[str]) -> str:
     """The whole status text: a table per color, then luigid's section."""
-    store = TaxiConfig().store
+    store = config.TaxiConfig().store
     store = store if storage.is_s3(store) else os.path.abspath(store)
-    tracking_uri = MlflowConfig().connect()
+    settings = config.MlflowConfig()
+    tracking_uri = tracking.connect(settings.uri, settings.experiment, settings.artifact_root)
     sections = [color_section(store, tracking_uri, color) for color in colors]
     return "\n\n".join([*sections, scheduler_section(scheduler_url())])
 
@@ -164,12 +164,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="status", description=__doc__.split("\n\n")[0])
     parser.add_argument("color", nargs="?", choices=data.COLORS, help="one color (default: every color)")
     args = parser.parse_args(argv)
+    config.load()
+    config.configure_logging()
     try:
         text = status([args.color] if args.color else list(data.COLORS))
     except MlflowException as exc:
         log.error("the MLflow registry at %s answered: %s", redact(mlflow.get_tracking_uri()), first_line(exc.message))
         sys.exit(1)
-    except (registry.TrackingUnavailable, storage.StoreUnreachable, storage.StoreRefused,
+    except (tracking.TrackingUnavailable, storage.StoreUnreachable, storage.StoreRefused,
             storage.CorruptTarget) as exc:
         log.error("%s", first_line(str(exc)))
         sys.exit(1)

@@ -19,7 +19,7 @@ import shutil
 import socket
 import tempfile
 from contextlib import contextmanager, suppress
-from typing import IO, Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
 import botocore.exceptions
 import luigi
@@ -29,7 +29,6 @@ import pandas as pd
 import pyarrow.parquet as pq
 from luigi.contrib.s3 import AtomicS3File, S3Client, S3Target
 
-from taxi.data import MonthNotPublished
 
 
 class CorruptTarget(RuntimeError):
@@ -188,15 +187,6 @@ def local_copy(tgt: luigi.Target) -> Iterator[str]:
         yield path
 
 
-def fetch_s3(url: str, path: str) -> None:
-    """Copy an s3:// object (a team mirror of the TLC files) to a local path."""
-    client = s3_client()
-    with s3_errors_named(client, url):
-        if not client.exists(url):
-            raise MonthNotPublished(f"{url} does not exist: the month is not in the S3 mirror; check [taxi] source")
-        client.get(url, path)
-
-
 def put_file(path: str, tgt: luigi.Target) -> None:
     """Copy a finished local file into place atomically."""
     with open(path, "rb") as src, open_for_write(tgt) as dst:
@@ -235,17 +225,22 @@ def parquet_is_whole(tgt: luigi.Target) -> bool:
         return False
 
 
+def read(tgt: luigi.Target, parse: Callable[[bytes], Any]) -> Any:
+    """`parse(the target's bytes)`; a target that does not parse raises CorruptTarget, naming it."""
+    with tgt.open("r") as f:
+        raw = f.read()
+    try:
+        return parse(raw)
+    except Exception as exc:  # each format raises its own types for truncated or damaged bytes
+        raise _corrupt(tgt, exc) from exc
+
+
 def write_json(obj: Any, tgt: luigi.Target) -> None:
     write_bytes(json.dumps(obj, indent=2, sort_keys=True).encode(), tgt)
 
 
 def read_json(tgt: luigi.Target) -> Any:
-    with tgt.open("r") as f:
-        raw = f.read()
-    try:
-        return json.loads(raw)
-    except ValueError as exc:
-        raise _corrupt(tgt, exc) from exc
+    return read(tgt, json.loads)
 
 
 def write_pickle(obj: Any, tgt: luigi.Target) -> None:
@@ -254,12 +249,7 @@ def write_pickle(obj: Any, tgt: luigi.Target) -> None:
 
 def read_pickle(tgt: luigi.Target) -> Any:
     """Unpickle a target of this project's own store (never point the store at untrusted data)."""
-    with tgt.open("r") as f:
-        raw = f.read()
-    try:
-        return pickle.loads(raw)
-    except Exception as exc:
-        raise _corrupt(tgt, exc) from exc
+    return read(tgt, pickle.loads)
 
 
 def read_bytes(tgt: luigi.Target) -> io.BytesIO:

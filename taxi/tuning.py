@@ -16,6 +16,8 @@ from typing import Callable
 import numpy as np
 import scipy.sparse as sp
 
+from taxi.metrics import rmse
+
 log = logging.getLogger(__name__)
 
 # The course's fixed XGBoost parameters and rounds (MLOps Zoomcamp, duration prediction): the baseline every
@@ -68,6 +70,25 @@ def typed(params: dict) -> dict:
     return {k: int(float(v)) if k in INT_PARAMS else v if k == "grow_policy" else float(v) for k, v in params.items()}
 
 
+def warm_start(space: str, champion: tuple[int, dict] | None, enabled: bool = True) -> dict:
+    """What a search starts from, given the champion's (version, logged parameters) or None: {"version", "point",
+    "note"}, the point None (and the version None) for a cold start."""
+    version, point = None, None
+    if champion is None:
+        note = "cold start: " + ("no champion" if enabled else "warm start off")
+    else:
+        version, params = champion
+        point = warm_start_point(space, params)
+        note = (f"warm start: champion v{version}'s parameters" if point else
+                f"cold start: champion v{version}'s parameters are not in the {space} space")
+    return {"version": version if point else None, "point": point, "note": note}
+
+
+def pruned_count(history: list[dict]) -> int:
+    """How many of a search's trials were pruned."""
+    return sum(t["pruned_at"] is not None for t in history)
+
+
 def warm_start_point(space: str, params: dict) -> dict | None:
     """The champion's parameters as a point of the space (typed, every label set), or None if they are from another
     space (other fixed parameters or labels missing)."""
@@ -84,17 +105,20 @@ OnTrial = Callable[[int, int, float], None]  # (trials done, max trials, best va
 
 @dataclass(frozen=True)
 class TuningSettings:
-    max_evals: int
-    num_boost_round: int
-    early_stopping_rounds: int
-    no_progress_evals: int
-    startup_evals: int
-    sample_rows: int
-    seed: int
+    """A search's budget and shape: these defaults are the pipeline's (TuneHyperparams' parameters take them;
+    docs/configuration.md "Tuning defaults" says why each is what it is)."""
+
     nthread: int
     space: str = "lossguide"
-    prune_tolerance: float = 0.0  # 0: never prune
+    max_evals: int = 4
+    num_boost_round: int = 200
+    early_stopping_rounds: int = 10
+    no_progress_evals: int = 3
+    startup_evals: int = 3
+    sample_rows: int = 250_000
+    prune_tolerance: float = 0.02  # 0: never prune
     prune_after_rounds: int = 20
+    seed: int = 42
 
     def validate(self) -> None:
         for name in ("max_evals", "num_boost_round", "early_stopping_rounds", "no_progress_evals",
@@ -105,6 +129,9 @@ class TuningSettings:
             raise ValueError(f"tuning setting prune_tolerance must be 0 (off) or more, got {self.prune_tolerance}")
         if self.space not in SPACES:
             raise ValueError(f"tuning setting space must be one of {', '.join(SPACES)}, got {self.space!r}")
+
+
+DEFAULTS = TuningSettings(nthread=1)
 
 
 def booster_params(params: dict, seed: int, nthread: int) -> dict:
@@ -215,7 +242,7 @@ def tune(X_train: sp.csr_matrix, y_train: np.ndarray, X_valid: sp.csr_matrix, y_
     tuned_seconds = time.monotonic() - started
     reference = course_rmse(train, valid, settings.nthread) if course_reference else None
     mlflow.log_metrics({"best_val_rmse": best["rmse"], "trials": len(history),
-                        "pruned_trials": sum(t["pruned_at"] is not None for t in history),
+                        "pruned_trials": pruned_count(history),
                         **({"course_val_rmse": reference} if reference is not None else {})})
     return {"params": best["params"], "val_rmse": best["rmse"], "num_boost_round": best["rounds"],
             "trials": len(history), "history": history, "search_seconds": round(tuned_seconds, 3),
@@ -228,4 +255,4 @@ def course_rmse(train, valid, nthread: int) -> float:
     import xgboost as xgb
 
     booster = xgb.train(booster_params(COURSE_PARAMS, COURSE_SEED, nthread), train, num_boost_round=COURSE_ROUNDS)
-    return float(np.sqrt(np.mean((booster.predict(valid) - valid.get_label()) ** 2)))
+    return rmse(valid.get_label(), booster.predict(valid))

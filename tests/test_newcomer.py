@@ -129,7 +129,7 @@ def test_offline_without_a_mirror_the_first_line_names_the_cause_and_the_fix(tmp
     file = f"{url}/green_tripdata_2021-01.parquet"
     cause = f"cannot reach 127.0.0.1 for {file} ([Errno 111] Connection refused)"
     lines = not_info(run.stderr)
-    assert lines[0] == f"WARNING: taxi.data: {cause}; {HINT}; retry 1/1 in 0.1s", lines[:3]
+    assert lines[0] == f"WARNING: taxi.source: {cause}; {HINT}; retry 1/1 in 0.1s", lines[:3]
     failed = next(line for line in lines if line.startswith("ERROR"))
     assert failed == (f"ERROR: taxi.tasks: DownloadMonth(color=green, year=2021, month=1) failed: SourceUnreachable: "
                       f"{cause} (gave up after 2 attempts); {HINT}")

@@ -20,7 +20,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from taxi import registry, storage, tasks
+from taxi import registry, storage, tasks, tracking
 from tests.conftest import ROOT, SMALL_TUNING, mlflow_service, run_luigi, write_config
 from tests.http_proxy import CHAMPION_LOOKUP, SET_ALIAS, Proxy
 from tests.luigi_process import LuigiProcess, private_lock
@@ -204,7 +204,7 @@ def test_registrations_on_one_sqlite_registry_take_turns_without_a_scheduler(tmp
     model, reads v1 too and takes the alias; B then beats v1 and would take it last. With the lock beside the
     database, A waits for B, then compares with B and wins."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    registry.connect(uri, "turns", str(tmp_path / "artifacts"))
+    tracking.connect(uri, "turns", str(tmp_path / "artifacts"))
     runs = {}
     for name in ("old", "A", "B"):
         with mlflow.start_run(run_name=name) as run:

@@ -9,7 +9,7 @@ import threading
 import pytest
 import requests
 
-from taxi import schedule
+from taxi import schedule, source
 
 SOURCE = "https://tlc.example/{color}_tripdata_{year}-{month:02d}.parquet"
 
@@ -72,10 +72,10 @@ def test_each_url_is_probed_once_newest_first():
 def test_folder_and_file_url_sources(tmp_path):
     (tmp_path / "green_tripdata_2023-01.parquet").write_bytes(b"x")
     (tmp_path / "green_tripdata_2023-02.parquet").write_bytes(b"x")
-    for source in (str(tmp_path), f"file://{tmp_path}"):
-        assert schedule.newest_trainable_month("green", source, dt.date(2023, 6, 1),
-                                               schedule.source_published) == (2023, 1)
-    assert not schedule.source_published(str(tmp_path / "green_tripdata_2023-03.parquet"))
+    for where in (str(tmp_path), f"file://{tmp_path}"):
+        assert schedule.newest_trainable_month("green", where, dt.date(2023, 6, 1),
+                                               source.published) == (2023, 1)
+    assert not source.published(str(tmp_path / "green_tripdata_2023-03.parquet"))
 
 
 class StatusHandler(http.server.BaseHTTPRequestHandler):
@@ -99,16 +99,16 @@ def status_server() -> str:
 
 
 def test_http_probe_on_the_tlc_mirror(tlc_http):
-    assert schedule.source_published(f"{tlc_http}/green_tripdata_2021-01.parquet")
-    assert not schedule.source_published(f"{tlc_http}/green_tripdata_2021-03.parquet")
+    assert source.published(f"{tlc_http}/green_tripdata_2021-01.parquet")
+    assert not source.published(f"{tlc_http}/green_tripdata_2021-03.parquet")
 
 
 @pytest.mark.parametrize("status,published", [(200, True), (404, False), (403, False)])
 def test_http_probe_reads_the_status(status_server, status, published):
-    assert schedule.source_published(f"{status_server}/{status}") is published
+    assert source.published(f"{status_server}/{status}") is published
 
 
 def test_http_probe_raises_on_a_server_error(status_server):
     """A failing source must not read as 'not published' (the run would silently train an older month)."""
     with pytest.raises(requests.HTTPError, match="503"):
-        schedule.source_published(f"{status_server}/503")
+        source.published(f"{status_server}/503")

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from taxi import data, features, storage, tasks
+from taxi import config, data, features, storage, tasks, tracking
 from tests.course import course_features, course_read_dataframe
 
 
@@ -145,7 +145,8 @@ def test_training_rerun_marks_what_a_killed_attempt_left_in_mlflow_killed(luigi_
     task = tasks.TrainModel(year=2021, month=1)
     build(task.requires()["params"])
     client = MlflowClient(luigi_config["mlflow"]["tracking_uri"])
-    tasks.MlflowConfig().connect()
+    settings = config.MlflowConfig()
+    tracking.connect(settings.uri, settings.experiment, settings.artifact_root)
     experiment = mlflow.get_experiment_by_name("taxi-duration").experiment_id
 
     def leave_run(task_id: str, finished: bool) -> str:

@@ -6,7 +6,7 @@ import pytest
 import xgboost as xgb
 from mlflow.tracking import MlflowClient
 
-from taxi import data, features, training, tuning
+from taxi import data, features, metrics, training, tuning
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def matrices(tlc_dir):
 def test_trials_train_and_stop_early_on_fixed_subsamples_of_both_months(matrices, tmp_path):
     X_train, y_train, X_valid, y_valid = matrices
     settings = tuning.TuningSettings(max_evals=2, num_boost_round=30, early_stopping_rounds=5, no_progress_evals=5,
-                                     startup_evals=2, sample_rows=5_000, seed=3, nthread=2)
+                                     startup_evals=2, sample_rows=5_000, seed=3, nthread=2, prune_tolerance=0)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     mlflow.set_experiment("tuning")  # an earlier test's active experiment is not in this database
     with mlflow.start_run() as parent:
@@ -31,8 +31,8 @@ def test_trials_train_and_stop_early_on_fixed_subsamples_of_both_months(matrices
     X_fit, y_fit = tuning.subsample(X_train, y_train, 5_000, 3)
     X_check, y_check = tuning.subsample(X_valid, y_valid, 5_000, 3)
     booster = training.train_booster(X_fit, y_fit, best["params"], best["num_boost_round"], 3, 2)
-    assert training.rmse(y_check, booster.inplace_predict(X_check)) == pytest.approx(best["val_rmse"], rel=1e-5)
-    assert training.rmse(y_valid, booster.inplace_predict(X_valid)) != pytest.approx(best["val_rmse"], rel=1e-5)
+    assert metrics.rmse(y_check, booster.inplace_predict(X_check)) == pytest.approx(best["val_rmse"], rel=1e-5)
+    assert metrics.rmse(y_valid, booster.inplace_predict(X_valid)) != pytest.approx(best["val_rmse"], rel=1e-5)
 
     trials = MlflowClient().search_runs([parent.info.experiment_id],
                                         f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
@@ -55,7 +55,7 @@ def test_each_trial_stops_early_right_after_its_best_round(matrices, tmp_path):
     round, and reports that round and its RMSE, which retraining the same trial shows to be the curve's minimum."""
     X_train, y_train, X_valid, y_valid = matrices
     settings = tuning.TuningSettings(max_evals=3, num_boost_round=200, early_stopping_rounds=5, no_progress_evals=5,
-                                     startup_evals=3, sample_rows=1_000, seed=3, nthread=2)
+                                     startup_evals=3, sample_rows=1_000, seed=3, nthread=2, prune_tolerance=0)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     mlflow.set_experiment("early-stopping")
     with mlflow.start_run() as parent:
@@ -137,7 +137,7 @@ def test_the_warm_start_is_the_first_trial_and_the_search_goes_on_from_it(matric
     assert point == {"max_leaves": 97, "learning_rate": 0.33, "min_child_weight": 1.5, "reg_alpha": 0.02,
                      "reg_lambda": 0.04}
     settings = tuning.TuningSettings(max_evals=3, num_boost_round=20, early_stopping_rounds=5, no_progress_evals=5,
-                                     startup_evals=3, sample_rows=2_000, seed=5, nthread=2)
+                                     startup_evals=3, sample_rows=2_000, seed=5, nthread=2, prune_tolerance=0)
     best, runs = _search(matrices, tmp_path, settings, warm_start=point, course_reference=False)
     first = best["history"][0]
     assert first["warm_start"] and first["params"] == {"grow_policy": "lossguide", "max_depth": 0, **point}
@@ -157,7 +157,7 @@ def test_a_champion_from_another_space_gives_no_warm_start():
 
 def test_the_course_reference_is_the_course_parameters_scored_like_a_trial(matrices, tmp_path):
     settings = tuning.TuningSettings(max_evals=1, num_boost_round=5, early_stopping_rounds=5, no_progress_evals=5,
-                                     startup_evals=1, sample_rows=2_000, seed=6, nthread=2)
+                                     startup_evals=1, sample_rows=2_000, seed=6, nthread=2, prune_tolerance=0)
     best, _ = _search(matrices, tmp_path, settings)
     curve = _curve(matrices, tuning.COURSE_PARAMS, tuning.COURSE_ROUNDS, 2_000, 6, tuning.COURSE_SEED)
     assert best["course_val_rmse"] == pytest.approx(curve[-1], rel=1e-5)

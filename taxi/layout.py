@@ -1,0 +1,66 @@
+"""The store's layout, declared once: every target's path relative to `[taxi] store` (pure: no luigi).
+
+Tasks' outputs, `scripts/status`, the benchmarks, the tests and docs/pipeline.md's table read these templates.
+`{ym}` is a month as YYYY-MM; `{key}` names the code version and settings a target was made with.
+"""
+
+from __future__ import annotations
+
+from taxi.data import TLC_FILENAME, ym
+
+FEATURES_VERSION = "v1"  # bump when the features or the cleaning rules change
+MODEL_VERSION = "v1"  # bump when training or the logged model changes
+
+RAW = "raw/{color}/" + TLC_FILENAME
+RAW_META = RAW + ".json"
+CLEAN = "clean/{key}/{color}/{ym}.parquet"
+CLEAN_STATS = "clean/{key}/{color}/{ym}.json"
+FEATURES = "features/{key}/{color}/{ym}/{name}"
+FEATURE_FILES = ("vectorizer.pkl", "train.npz", "valid.npz")
+TUNING = "tuning/{color}/{ym}/{key}/best_params.json"
+REPORT_PLOTS = ("predicted_vs_actual.png", "residuals.png", "feature_importance.png")
+TUNING_PLOT = "tuning.png"
+REPORT = "report.md"
+REPORT_FILES = (REPORT, *REPORT_PLOTS, TUNING_PLOT)  # taxi.report makes them
+RUNS = "runs/{color}"
+RUN = RUNS + "/{ym}/{key}/{name}"
+RUN_FILES = ("booster.ubj", "train.json", "registration.json", *REPORT_FILES)
+REGISTRATION = "registration.json"
+
+
+def raw(color: str, year: int, month: int) -> dict[str, str]:
+    """The downloaded file ("data") and its provenance record ("meta")."""
+    fields = {"color": color, "ym": ym(year, month)}
+    return {"data": RAW.format(**fields), "meta": RAW_META.format(**fields)}
+
+
+def clean(color: str, year: int, month: int, key: str) -> dict[str, str]:
+    """The cleaned trips ("data") and the cleaning stats ("stats")."""
+    fields = {"color": color, "ym": ym(year, month), "key": key}
+    return {"data": CLEAN.format(**fields), "stats": CLEAN_STATS.format(**fields)}
+
+
+def features(color: str, year: int, month: int, key: str) -> dict[str, str]:
+    """The fitted vectorizer and the train/validation matrices, by name without extension."""
+    return {name.split(".")[0]: FEATURES.format(color=color, ym=ym(year, month), key=key, name=name)
+            for name in FEATURE_FILES}
+
+
+def tuning(color: str, year: int, month: int, key: str) -> str:
+    return TUNING.format(color=color, ym=ym(year, month), key=key)
+
+
+def run(color: str, year: int, month: int, key: str) -> dict[str, str]:
+    """Every file of a trained model's run folder, by file name."""
+    return {name: RUN.format(color=color, ym=ym(year, month), key=key, name=name) for name in RUN_FILES}
+
+
+def run_month(relpath: str) -> str:
+    """The training month (YYYY-MM) of a path inside a run folder."""
+    return relpath.split("/")[2]
+
+
+def templates() -> list[str]:
+    """Every path the pipeline writes, as a template: the table of docs/pipeline.md lists exactly these."""
+    return [RAW, RAW_META, CLEAN, CLEAN_STATS, *(FEATURES.replace("{name}", n) for n in FEATURE_FILES), TUNING,
+            *(RUN.replace("{name}", n) for n in RUN_FILES)]

@@ -1,0 +1,49 @@
+"""Tasks for operating the pipeline over time: a month's source file as an external dependency, and the
+one-parameter adapter RangeMonthly drives (scripts/backfill, scripts/run-monthly)."""
+
+from __future__ import annotations
+
+import luigi
+# registers RangeMonthly, so `luigi --module taxi.tasks RangeMonthly --of RegisterMonth ...` finds it
+from luigi.tools.range import RangeMonthly  # noqa: F401
+
+from taxi import data, source
+from taxi.config import TaxiConfig
+from taxi.pipeline.model import RegisterModel
+
+
+class SourceFile(luigi.ExternalTask):
+    """One month's TLC file at `[taxi] source`: a missing dependency in Luigi's summary until it is published."""
+
+    color = luigi.Parameter(default="green", description="green or yellow")
+    year = luigi.IntParameter()
+    month = luigi.IntParameter()
+
+    def complete(self) -> bool:
+        return source.published(data.source_url(TaxiConfig().source, self.color, self.year, self.month))
+
+
+class RegisterMonth(luigi.Task):
+    """RegisterModel for a training month given as one month parameter, the adapter RangeMonthly needs. It waits for
+    both source files, so a month not published is reported missing rather than failing a download, then runs
+    RegisterModel as a dynamic dependency; it is done exactly when that RegisterModel is done."""
+
+    month = luigi.MonthParameter(description="training month, YYYY-MM")  # first: RangeMonthly's parameter
+    color = luigi.Parameter(default="green", description="green or yellow")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        data.validate_month(self.color, self.month.year, self.month.month, needs_next_month=True)
+
+    def register_model(self) -> RegisterModel:
+        return RegisterModel(color=self.color, year=self.month.year, month=self.month.month)
+
+    def requires(self):
+        year, month = self.month.year, self.month.month
+        return [SourceFile(color=self.color, year=y, month=m) for y, m in ((year, month), data.next_month(year, month))]
+
+    def complete(self) -> bool:
+        return self.register_model().complete()
+
+    def run(self):
+        yield self.register_model()

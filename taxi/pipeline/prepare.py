@@ -1,0 +1,120 @@
+"""The data stages: a month's raw file, its cleaned trips, and the feature matrices of a training month."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+
+import luigi
+from tqdm import tqdm
+
+from taxi import data, layout, source, storage
+from taxi.config import TaxiConfig
+from taxi.pipeline.base import MonthTask, TrainingTask
+from taxi.urls import redact
+
+
+class DownloadMonth(MonthTask):
+    """The raw TLC parquet of one month, byte for byte, plus where it came from."""
+
+    def output(self):
+        return self.targets(layout.raw(self.color, self.year, self.month))
+
+    def complete(self) -> bool:
+        out = self.output()
+        return out["meta"].exists() and storage.parquet_is_whole(out["data"])
+
+    def run(self):
+        cfg, started = TaxiConfig(), time.monotonic()
+        url = data.source_url(cfg.source, self.color, self.year, self.month)
+        with tempfile.TemporaryDirectory(prefix="taxi-download-") as tmp:
+            path = os.path.join(tmp, os.path.basename(url))
+            try:
+                source.fetch(url, path, retries=cfg.download_retries, backoff=cfg.retry_backoff,
+                             timeout=cfg.download_timeout, progress=self._progress(url))
+            except source.MonthNotPublished as exc:
+                raise source.MonthNotPublished(f"{self.color} {self.ym}: {exc}") from None
+            rows = data.check_raw(path, self.color, f"downloaded file {redact(url)}")
+            meta = {"source_url": redact(url), "sha256": data.sha256(path), "bytes": os.path.getsize(path),
+                    "rows": rows, "month": self.ym, "seconds": round(time.monotonic() - started, 3)}
+            storage.put_file(path, self.output()["data"])
+        storage.write_json(meta, self.output()["meta"])
+
+    def _progress(self, url: str) -> source.Progress:
+        """A tqdm bar on a terminal, else a Luigi status message every 10%."""
+        url = redact(url)
+        if sys.stderr.isatty():
+            bar = tqdm(desc=data.tlc_filename(self.color, self.year, self.month), unit="B", unit_scale=True)
+
+            def show(done: int, total: int | None) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+            return show
+        reported = [-1]
+
+        def report_status(done: int, total: int | None) -> None:
+            if total and (tenth := 10 * done // total) > reported[0]:
+                reported[0] = tenth
+                self.set_status_message(f"downloading {url}: {done:,} of {total:,} bytes")
+                self.set_progress_percentage(10 * tenth)
+        return report_status
+
+
+class CleanMonth(MonthTask):
+    """Cleaned trips of one month (duration 1..60 min, string zone ids, PU_DO) and cleaning stats."""
+
+    max_drop_share = luigi.FloatParameter(default=data.MAX_DROP_SHARE, significant=False,
+                                          description="warn when cleaning drops more than this share of rows")
+
+    def requires(self):
+        return DownloadMonth(color=self.color, year=self.year, month=self.month)
+
+    def output(self):
+        return self.targets(layout.clean(self.color, self.year, self.month, layout.FEATURES_VERSION))
+
+    def complete(self) -> bool:
+        out = self.output()
+        return out["stats"].exists() and storage.parquet_is_whole(out["data"])
+
+    def run(self):
+        started = time.monotonic()
+        raw = self.input()["data"]
+        with storage.local_copy(raw) as path:
+            trips = data.read_trips(path, self.color)
+        cleaned, stats = data.clean_trips(trips, self.color, what=f"{self.color} {self.ym} ({raw.path})",
+                                          max_drop_share=self.max_drop_share)
+        storage.write_parquet(cleaned, self.output()["data"])
+        storage.write_json({**storage.read_json(self.input()["meta"]), **stats.record(),
+                            "clean_seconds": round(time.monotonic() - started, 3)}, self.output()["stats"])
+
+
+class BuildFeatures(TrainingTask):
+    """The fitted DictVectorizer and the train/validation matrices with their targets."""
+
+    def requires(self):
+        return self.clean_months()
+
+    def output(self):
+        return self.targets(layout.features(self.color, self.year, self.month, layout.FEATURES_VERSION))
+
+    def run(self):
+        from taxi import features
+
+        columns = [features.CATEGORICAL, features.NUMERICAL, features.TARGET]
+        months = {key: storage.read_parquet(self.input()[key]["data"], columns) for key in ("train", "valid")}
+        vectorizer = features.fit_vectorizer(months["train"])
+        for key, df in months.items():
+            with storage.open_for_write(self.output()[key]) as f:
+                features.save_matrix(features.transform(vectorizer, df), features.target(df), f)
+        storage.write_pickle(vectorizer, self.output()["vectorizer"])
+
+
+def load_features(outputs: dict[str, luigi.Target]) -> tuple:
+    """(vectorizer, X_train, y_train, X_valid, y_valid) from BuildFeatures' targets."""
+    from taxi import features
+
+    X_train, y_train = storage.read(outputs["train"], features.load_matrix)
+    X_valid, y_valid = storage.read(outputs["valid"], features.load_matrix)
+    return storage.read_pickle(outputs["vectorizer"]), X_train, y_train, X_valid, y_valid
