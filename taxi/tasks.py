@@ -78,7 +78,8 @@ def _use_private_tmp(task: luigi.Task) -> None:
 
 @luigi.Task.event_handler(luigi.Event.FAILURE)
 def _notify_failure(task: luigi.Task, exception: BaseException) -> None:
-    """Post every failed task to the webhook of TAXI_WEBHOOK_URL, if set (README "Status and notifications")."""
+    """Post every failed task to the webhook of TAXI_WEBHOOK_URL, if set (docs/operations.md "Status and
+    notifications")."""
     notify.post(notify.failure_text(repr(task), exception))
 
 
