@@ -201,7 +201,7 @@ class Pipeline:
             [experiment.experiment_id], "tags.`taxi.stage` = 'training'"))
 
     def outputs(self) -> dict[str, list[Path]]:
-        """Every task's outputs, by the layout of README "The pipeline" (one tuning setting in this suite)."""
+        """Every task's outputs, by docs/pipeline.md "Store layout" (one tuning setting in this suite)."""
         s = self.store
         tuning = next(iter(sorted((s / "tuning/green/2021-01").glob("*"))), s / "tuning/none")
         run_dir = s / "runs/green/2021-01" / f"v1-{tuning.name}"
@@ -541,13 +541,13 @@ def test_full_or_read_only_store_fails_every_task_naming_its_target(tmp_path, tm
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# README "What it survives" is this suite's table of contents.
+# docs/faults.md "What it survives" is this suite's table of contents.
 
 
 def test_readme_table_names_every_fault_test():
     """Every test a row of the table names exists, and every test of the fault and bad-input suites has a row."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("\n## What it survives\n", 1)[1].split("\n## ", 1)[0]
+    readme = (ROOT / "docs" / "faults.md").read_text()
+    section = readme.split("# What it survives\n", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| fault")]
     named = [re.findall(r"`(test_\w+)`", row) for row in rows]
     assert all(named), "a row names no test"

@@ -1,9 +1,11 @@
 """The systemd units as systemd itself reads them: `systemd-analyze verify` (nothing on stderr), `systemd-analyze
-security` (the exposure README "Operations" states for each unit), the timer's calendar, and the sysusers/tmpfiles snippets applied to a scratch root.
+security` (the exposure docs/operations.md "Install on a server" states for each unit), the timer's calendar, and the
+sysusers/tmpfiles snippets applied to a scratch root.
 
-The units name their files under /opt/taxi, where README "Operations" installs this checkout. systemd-analyze checks
-that executables exist, so verification runs against a scratch root holding the host's unit library, our units and a
-stand-in for each /opt/taxi file; `test_units_name_files_of_this_checkout` checks the real counterparts here.
+The units name their files under /opt/taxi, where docs/operations.md "Install on a server" installs this checkout.
+systemd-analyze checks that executables exist, so verification runs against a scratch root holding the host's unit
+library, our units and a stand-in for each /opt/taxi file; `test_units_name_files_of_this_checkout` checks the real
+counterparts here.
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ CHECKED_UNITS = ["luigid.service", "mlflow.service", "taxi-train@green.service",
 
 
 def readme_exposures() -> dict[str, float]:
-    """The exposure README "Operations" states per unit, from its sentence "... rates their exposure 1.1 (luigid,
-    mlflow), 1.2 (taxi-train@) and 1.1 (taxi-worker), "OK"": unit name prefix -> figure."""
-    readme = " ".join((ROOT / "README.md").read_text().split())
+    """The exposure docs/operations.md "Install on a server" states per unit, from its sentence "... rates their
+    exposure 1.1 (luigid, mlflow), 1.2 (taxi-train@) and 1.1 (taxi-worker), "OK"": unit name prefix -> figure."""
+    readme = " ".join((ROOT / "docs" / "operations.md").read_text().split())
     sentence = re.search(r'rates their exposure (.+?), "OK"', readme).group(1)
     return {name.strip(): float(figure) for figure, names in re.findall(r"([\d.]+) \(([^)]+)\)", sentence)
             for name in names.split(",")}
@@ -98,7 +100,7 @@ def test_service_exposure_is_what_the_readme_says(scratch_root, unit, capsys):
                            f"--threshold={int(promised * 10)}", "--no-pager", unit], capture_output=True, text=True)
     exposure = float(re.search(rf"Overall exposure level for {re.escape(unit)}: ([\d.]+)", done.stdout).group(1))
     with capsys.disabled():  # the figure belongs in the CI log
-        print(f"\nsystemd-analyze security --offline=true: {unit} exposure {exposure} (README: {promised})")
+        print(f"\nsystemd-analyze security --offline=true: {unit} exposure {exposure} (docs/operations.md: {promised})")
     assert done.returncode == 0 and exposure == promised, done.stdout[-2000:]
 
 
