@@ -111,3 +111,39 @@ def test_the_link_check_knows_github_anchors_and_catches_a_broken_link(tmp_path)
     problems = broken_links(page, tmp_path)
     assert anchors(page) == {"title", "part", "part-1"}
     assert [problem.split(": ")[1] for problem in problems] == ["(#not-a-heading)", "(#part-2)", "(other.md)"]
+
+
+def table_rows(path: Path, heading: str) -> list[list[str]]:
+    """The cells of the first markdown table under `heading` (a line starting with #), header and rule left out."""
+    lines = prose_lines(path.read_text())
+    start = next(i for i, line in enumerate(lines) if HEADING.match(line) and HEADING.match(line).group(2) == heading)
+    rows = []
+    for line in lines[start + 1:]:
+        if line.startswith("|"):
+            rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+        elif rows or HEADING.match(line):
+            break
+    return rows[2:]
+
+
+def test_the_store_layout_table_is_the_layout_module():
+    """docs/pipeline.md "Store layout" lists exactly the paths taxi.layout declares, as written there."""
+    from taxi import layout
+
+    listed = [row[0].strip("`") for row in table_rows(ROOT / "docs" / "pipeline.md", "Store layout")]
+    assert listed == layout.templates()
+
+
+def test_the_tuning_defaults_table_is_the_code_s():
+    """docs/configuration.md "Tuning defaults" gives each TuneHyperparams parameter the default the code has."""
+    from taxi import tasks
+
+    documented = {}
+    for row in table_rows(ROOT / "docs" / "configuration.md", "Tuning defaults"):
+        names = re.findall(r"`(\w+)`", row[0])
+        documented.update(zip(names, [value.strip() for value in row[1].split(",")]))
+    params = dict(tasks.TuneHyperparams.get_params())
+    assert set(documented) == set(params) - {"color", "year", "month", "search_space"}
+    for name, value in documented.items():
+        default = params[name]._default
+        assert (str(default).lower() if isinstance(default, bool) else str(default)) == value, name
