@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from taxi import synthetic
+from bench import synthetic
 from tests.conftest import BIN, ROOT, Service, free_port, write_config
 from tests.postgres import Postgres
 from tests.s3server import SeaweedS3

@@ -7,7 +7,8 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 
-from taxi import data, synthetic
+from bench import synthetic
+from taxi import data
 from tests.conftest import ROOT
 
 STAGES = {"read", "clean", "features", "read+clean+features", "train", "predict"}
