@@ -2,12 +2,12 @@
 
     scripts/bench-cluster --months 4 --rows 76518
 
-Starts the cluster of tests/test_cluster.py on this machine (tests/cluster.py: PostgreSQL, SeaweedFS, luigid with
-config/luigid-cluster.cfg and an MLflow server on PostgreSQL with its artifacts in the bucket). Each run gets a fresh
-luigid, MLflow database and store prefix, H worker hosts (scripts/worker, `[taxi] threads = 1`) and a host that only
-submits (scripts/backfill --workers 0). Prints the wall times and their ratio, the per-month cost and the
-scheduler's overhead from luigid's task history, and what a 12-month x 2-color backfill would take on 1, 4 and 12
-hosts. The last line printed is one JSON object.
+Starts the cluster of tests/test_cluster.py on this machine (tests/support/cluster.py: PostgreSQL, SeaweedFS,
+luigid with config/luigid-cluster.cfg and an MLflow server on PostgreSQL with its artifacts in the bucket). Each run
+gets a fresh luigid, MLflow database and store prefix, H worker hosts (scripts/worker, `[taxi] threads = 1`) and a
+host that only submits (scripts/backfill --workers 0). Prints the wall times and their ratio, the per-month cost and
+the scheduler's overhead from luigid's task history, and what a 12-month x 2-color backfill would take on 1, 4 and
+12 hosts. The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ import time
 from pathlib import Path
 
 from bench import speed
-from tests.cluster import BUCKET, Cluster, worker_host, write_months  # the tests' harness: real services, real hosts
+# the cluster harness of the tests: real services, one account per host
+from tests.support.cluster import BUCKET, PIPELINE_TASKS, Cluster, worker_host, write_months
 
 log = logging.getLogger(__name__)
 
 GOAL_RATIO = 0.6  # 2 hosts take at most this share of 1 host's wall time (2 cores)
-PIPELINE_TASKS = ("DownloadMonth", "CleanMonth", "BuildFeatures", "TuneHyperparams", "TrainModel", "RegisterModel")
 ESTIMATE_MONTHS = 24  # 12 months x 2 colors
 ESTIMATE_HOSTS = (1, 4, 12)
 FIRST_MONTH = (2022, 1)

@@ -9,7 +9,7 @@ import pytest
 
 from bench import synthetic
 from taxi import data
-from tests.conftest import ROOT
+from tests.support.paths import ROOT
 
 STAGES = {"read", "clean", "features", "read+clean+features", "train", "predict"}
 

@@ -13,9 +13,10 @@ import xgboost as xgb
 from mlflow.tracking import MlflowClient
 
 from taxi import features
-from tests.conftest import SMALL_TUNING, mlflow_service, run_luigi, write_config
-from tests.flaky_http import UNAVAILABLE, FlakyMirror
-from tests.luigi_process import private_lock
+from tests.support.flaky_http import UNAVAILABLE, FlakyMirror
+from tests.support.luigi_process import private_lock
+from tests.support.runs import SMALL_TUNING, run_luigi, write_config
+from tests.support.services import mlflow_service
 
 MONTH = ("--year", "2021", "--month", "1")
 

@@ -23,10 +23,11 @@ import xgboost as xgb
 from mlflow.tracking import MlflowClient
 
 from taxi import data, features
-from tests.conftest import (ROOT, SMALL_TUNING, Service, free_port, luigid_service, mlflow_service, run_luigi,
-                            write_config)
-from tests.flaky_http import DROP, FORBIDDEN, GZIP, OK, SHORT, SLOW, STALL, UNAVAILABLE, FlakyMirror
-from tests.luigi_process import LuigiProcess, private_lock
+from tests.support.flaky_http import DROP, FORBIDDEN, GZIP, OK, SHORT, SLOW, STALL, UNAVAILABLE, FlakyMirror
+from tests.support.luigi_process import LuigiProcess, private_lock
+from tests.support.paths import ROOT
+from tests.support.runs import SMALL_TUNING, run_luigi, write_config
+from tests.support.services import Service, free_port, luigid_service, mlflow_service
 
 MONTH = ("--year", "2021", "--month", "1")
 MODEL = "taxi-duration-green"

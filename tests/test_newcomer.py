@@ -17,8 +17,10 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT, SMALL_TUNING, free_port, luigid_service, mlflow_service, run_luigi, write_config
-from tests.luigi_process import private_lock
+from tests.support.luigi_process import private_lock
+from tests.support.paths import ROOT
+from tests.support.runs import SMALL_TUNING, run_luigi, write_config
+from tests.support.services import free_port, luigid_service, mlflow_service
 
 MONTH = ("--year", "2021", "--month", "1")
 MODEL = "taxi-duration-green"

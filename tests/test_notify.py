@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from taxi import notify
-from tests.conftest import SMALL_TUNING, free_port, run_luigi, write_config
-from tests.luigi_process import private_lock
+from tests.support.luigi_process import private_lock
+from tests.support.runs import SMALL_TUNING, run_luigi, write_config
+from tests.support.services import free_port
 
 TOKEN = f"T0FAKE/B0FAKE/{secrets.token_hex(12)}"  # a Slack webhook URL's path is its secret
 REGISTER_OUTPUTS = ("registration.json", "report.md", "predicted_vs_actual.png", "residuals.png",

@@ -20,8 +20,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from taxi.features import load_matrix
-from tests.conftest import BIN, ROOT, SMALL_TUNING, Service, free_port, run_luigi, write_config
-from tests.s3server import SeaweedS3
+from tests.support.paths import BIN, ROOT
+from tests.support.runs import SMALL_TUNING, run_luigi, write_config
+from tests.support.s3server import SeaweedS3
+from tests.support.services import Service, free_port
 
 MONTH = ("--year", "2021", "--month", "1")
 PROFILES = ROOT / "config"

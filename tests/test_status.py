@@ -16,12 +16,13 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import (ROOT, SMALL_TUNING, Service, free_port, luigid_service, mlflow_service, run_luigi,
-                            write_config)
-from tests.flaky_http import STALL, FlakyMirror
-from tests.http_proxy import CHAMPION_LOOKUP, Proxy
-from tests.luigi_process import LuigiProcess, private_lock
-from tests.s3server import SeaweedS3
+from tests.support.flaky_http import STALL, FlakyMirror
+from tests.support.http_proxy import CHAMPION_LOOKUP, Proxy
+from tests.support.luigi_process import LuigiProcess, private_lock
+from tests.support.paths import ROOT
+from tests.support.runs import SMALL_TUNING, run_luigi, write_config
+from tests.support.s3server import SeaweedS3
+from tests.support.services import Service, free_port, luigid_service, mlflow_service
 
 MODEL = "taxi-duration-green"
 HEADER = ["month", "version", "alias now", "decision", "val RMSE", "registered (UTC)", "report"]
