@@ -26,14 +26,14 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
-from taxi.registry import DECISION_TAG
+from taxi.registry import DECISION_TAG, model_name
 from tests.support.cluster import (BUCKET, PIPELINE_TASKS, Cluster, Host, files_owned_by, luigid_server, mlflow_server,
                                    worker_host, write_months)
 from tests.support.paths import BIN, ROOT
 from tests.support.runs import SMALL_TUNING, write_config
 from tests.support.services import Service, free_port
 
-MODEL = "taxi-duration-green"
+MODEL = model_name("green")
 TRAIN_MONTHS = [(2022, month) for month in range(1, 7)]
 ROWS = 5_000
 KILL_DURING = ("TuneHyperparams", "TrainModel")  # tasks that take seconds, so the kill lands mid-task

@@ -27,7 +27,7 @@ from tests.support.paths import ROOT
 from tests.support.runs import SMALL_TUNING, run_luigi, write_config
 from tests.support.services import mlflow_service
 
-MODEL = "taxi-duration-green"
+MODEL = registry.model_name("green")
 GOOD, WORSE = ("2021", "1"), ("2023", "1")  # WORSE trains on shuffled distances
 ONE_TREE = {"max_evals": "1", "num_boost_round": "1"}  # a budget that cannot beat SMALL_TUNING
 
