@@ -20,9 +20,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from taxi import features
-from tests.conftest import BIN, SMALL_TUNING, run_luigi, write_config
-from tests.flaky_http import FlakyMirror
-from tests.luigi_process import LuigiProcess, private_lock
+from tests.support.flaky_http import FlakyMirror
+from tests.support.luigi_process import LuigiProcess, private_lock
+from tests.support.paths import BIN
+from tests.support.runs import SMALL_TUNING, run_luigi, write_config
 
 MONTH = ("--year", "2021", "--month", "1")
 JANUARY = "green_tripdata_2021-01.parquet"

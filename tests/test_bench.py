@@ -7,8 +7,9 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 
-from taxi import data, synthetic
-from tests.conftest import ROOT
+from bench import synthetic
+from taxi import data
+from tests.support.paths import ROOT
 
 STAGES = {"read", "clean", "features", "read+clean+features", "train", "predict"}
 

@@ -1,5 +1,5 @@
-"""The pipeline on a cluster (tests/cluster.py), all on 127.0.0.1: PostgreSQL, SeaweedFS, an MLflow server on
-PostgreSQL with its artifacts in the bucket, luigid with config/luigid-cluster.cfg and its task history in
+"""The pipeline on a cluster (tests/support/cluster.py), all on 127.0.0.1: PostgreSQL, SeaweedFS, an MLflow server
+on PostgreSQL with its artifacts in the bucket, luigid with config/luigid-cluster.cfg and its task history in
 PostgreSQL, three worker hosts running scripts/worker and a fourth host submitting scripts/backfill, every host with
 config/cluster.cfg. One worker host is killed with SIGKILL while it runs a task.
 
@@ -26,15 +26,16 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
-from taxi.registry import DECISION_TAG
-from tests.cluster import (BUCKET, Cluster, Host, files_owned_by, luigid_server, mlflow_server, worker_host,
-                           write_months)
-from tests.conftest import BIN, ROOT, SMALL_TUNING, Service, free_port, write_config
+from taxi.registry import DECISION_TAG, model_name
+from tests.support.cluster import (BUCKET, PIPELINE_TASKS, Cluster, Host, files_owned_by, luigid_server, mlflow_server,
+                                   worker_host, write_months)
+from tests.support.paths import BIN, ROOT
+from tests.support.runs import SMALL_TUNING, write_config
+from tests.support.services import Service, free_port
 
-MODEL = "taxi-duration-green"
+MODEL = model_name("green")
 TRAIN_MONTHS = [(2022, month) for month in range(1, 7)]
 ROWS = 5_000
-PIPELINE_TASKS = ("DownloadMonth", "CleanMonth", "BuildFeatures", "TuneHyperparams", "TrainModel", "RegisterModel")
 KILL_DURING = ("TuneHyperparams", "TrainModel")  # tasks that take seconds, so the kill lands mid-task
 TAKEOVER_LIMIT = 120  # seconds from the kill until another host runs the task: "within a couple of minutes"
 WORKER_HOSTS = ("worker-1", "worker-2", "worker-3")

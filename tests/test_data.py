@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bench.course import course_read_dataframe
 from taxi import data
-from tests.course import course_read_dataframe
 
 TODAY = dt.date(2026, 11, 27)
 

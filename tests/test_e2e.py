@@ -13,11 +13,14 @@ import xgboost as xgb
 from mlflow.tracking import MlflowClient
 
 from taxi import features
-from tests.conftest import SMALL_TUNING, mlflow_service, run_luigi, write_config
-from tests.flaky_http import UNAVAILABLE, FlakyMirror
-from tests.luigi_process import private_lock
+from taxi.registry import model_name
+from tests.support.flaky_http import UNAVAILABLE, FlakyMirror
+from tests.support.luigi_process import private_lock
+from tests.support.runs import SMALL_TUNING, run_luigi, write_config
+from tests.support.services import mlflow_service
 
 MONTH = ("--year", "2021", "--month", "1")
+MODEL = model_name("green")
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +41,7 @@ def test_register_model_completes_and_registers_the_champion(e2e):
     assert first.returncode == 0, first.stderr[-3000:]
     assert "8 ran successfully" in first.stderr
     client = MlflowClient()
-    champion = client.get_model_version_by_alias("taxi-duration-green", "champion")
+    champion = client.get_model_version_by_alias(MODEL, "champion")
     registration = json.loads(next((workdir / "data" / "runs").rglob("registration.json")).read_text())
     assert int(champion.version) == registration["version"] and champion.run_id == registration["run_id"]
     run = client.get_run(champion.run_id)
@@ -47,7 +50,7 @@ def test_register_model_completes_and_registers_the_champion(e2e):
 
 
 def test_registered_model_predicts_from_raw_trip_fields(e2e):
-    model = mlflow.pyfunc.load_model("models:/taxi-duration-green@champion")
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
     raw = pd.DataFrame([{"PULocationID": 43, "DOLocationID": 151, "trip_distance": 1.01},
                         {"PULocationID": 74, "DOLocationID": 75, "trip_distance": 12.5}])
     minutes = model.predict(raw)
@@ -66,7 +69,7 @@ def test_served_model_predicts_what_the_booster_predicts_on_the_training_time_ma
     trips = pd.read_parquet(store / "clean/v1/green/2021-02.parquet", columns=["PULocationID", "DOLocationID",
                                                                                "trip_distance"])
     raw = trips.astype({"PULocationID": "int64", "DOLocationID": "int64"})
-    model = mlflow.pyfunc.load_model("models:/taxi-duration-green@champion")
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
     assert len(raw) == len(expected) == 61_921
     np.testing.assert_allclose(model.predict(raw), expected, rtol=1e-6)
     as_floats = raw.astype({"PULocationID": "float64", "DOLocationID": "float64"})  # a month with missing zones
@@ -79,7 +82,7 @@ def test_second_run_executes_no_task(e2e):
     again = run_luigi(workdir, config, "RegisterModel", *MONTH)
     assert again.returncode == 0
     assert "1 complete ones were encountered" in again.stderr and "ran successfully" not in again.stderr
-    assert len(MlflowClient().search_model_versions("name='taxi-duration-green'")) == 1
+    assert len(MlflowClient().search_model_versions(f"name='{MODEL}'")) == 1
 
 
 def test_runs_against_a_real_luigid(e2e, luigid):
@@ -180,7 +183,7 @@ def test_tuning_starts_from_the_champion_and_a_finished_month_stays_done_under_a
     cold = _tuned(workdir, "2021-01")
     assert cold["warm_start"] == {"version": None, "point": None, "note": "cold start: no champion"}
     assert not cold["history"][0]["warm_start"]
-    champion = client.get_model_version_by_alias("taxi-duration-green", "champion")
+    champion = client.get_model_version_by_alias(MODEL, "champion")
     champion_params = client.get_run(champion.run_id).data.params
 
     warm_run = run_luigi(workdir, config, "RegisterModel", "--year", "2023", "--month", "1")
@@ -200,9 +203,9 @@ def test_tuning_starts_from_the_champion_and_a_finished_month_stays_done_under_a
     assert "warm start: champion v" in next((workdir / "data" / "runs" / "green" / "2023-01").glob("*/report.md")
                                             ).read_text()
 
-    newest = max(int(v.version) for v in client.search_model_versions("name='taxi-duration-green'"))
+    newest = max(int(v.version) for v in client.search_model_versions(f"name='{MODEL}'"))
     assert newest != int(champion.version)  # the champion the 2021-01 search could have started from is gone
-    client.set_registered_model_alias("taxi-duration-green", "champion", str(newest))
+    client.set_registered_model_alias(MODEL, "champion", str(newest))
     before = _tuned(workdir, "2021-01")
     for task in ("RegisterModel", "TuneHyperparams"):  # the search itself too, not only the task that needs it
         again = run_luigi(workdir, config, task, *MONTH)

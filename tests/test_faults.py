@@ -23,13 +23,15 @@ import xgboost as xgb
 from mlflow.tracking import MlflowClient
 
 from taxi import data, features
-from tests.conftest import (ROOT, SMALL_TUNING, Service, free_port, luigid_service, mlflow_service, run_luigi,
-                            write_config)
-from tests.flaky_http import DROP, FORBIDDEN, GZIP, OK, SHORT, SLOW, STALL, UNAVAILABLE, FlakyMirror
-from tests.luigi_process import LuigiProcess, private_lock
+from taxi.registry import model_name
+from tests.support.flaky_http import DROP, FORBIDDEN, GZIP, OK, SHORT, SLOW, STALL, UNAVAILABLE, FlakyMirror
+from tests.support.luigi_process import LuigiProcess, private_lock
+from tests.support.paths import ROOT
+from tests.support.runs import SMALL_TUNING, run_luigi, write_config
+from tests.support.services import Service, free_port, luigid_service, mlflow_service
 
 MONTH = ("--year", "2021", "--month", "1")
-MODEL = "taxi-duration-green"
+MODEL = model_name("green")
 SECRETS = {"AWS_ACCESS_KEY_ID": "AKIATAXIFAULTSUITE01", "AWS_SECRET_ACCESS_KEY": "taxi-fault-suite-aws-secret-6f1c0d",
            "TAXI_SMTP_PASSWORD": "taxi-fault-suite-smtp-password-93ab"}
 PNG_END = b"IEND\xaeB`\x82"

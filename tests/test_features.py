@@ -5,8 +5,8 @@ import io
 import numpy as np
 import pandas as pd
 
+from bench.course import course_features
 from taxi import data, features
-from tests.course import course_features
 
 
 def cleaned(tlc_dir, month):

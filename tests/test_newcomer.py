@@ -17,11 +17,14 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT, SMALL_TUNING, free_port, luigid_service, mlflow_service, run_luigi, write_config
-from tests.luigi_process import private_lock
+from taxi.registry import model_name
+from tests.support.luigi_process import private_lock
+from tests.support.paths import ROOT
+from tests.support.runs import SMALL_TUNING, run_luigi, write_config
+from tests.support.services import free_port, luigid_service, mlflow_service
 
 MONTH = ("--year", "2021", "--month", "1")
-MODEL = "taxi-duration-green"
+MODEL = model_name("green")
 log = logging.getLogger(__name__)
 
 HINT = "offline? set [taxi] source or TAXI_SOURCE to a mirror folder of TLC files"
@@ -88,7 +91,7 @@ def test_the_quick_starts_first_command_works_as_written(demo):
     ./mlflow.db and the demo says where the report is and how to load the model."""
     checkout, run = demo
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
-    assert "8 ran successfully" in run.stderr and "Model:    taxi-duration-green v1 (champion)" in run.stdout
+    assert "8 ran successfully" in run.stderr and f"Model:    {MODEL} v1 (champion)" in run.stdout
     report = Path(re.search(r"^Report: +(\S+)", run.stdout, re.MULTILINE).group(1))
     assert report.is_absolute() and report.is_file() and report.is_relative_to(checkout / "data" / "runs")
     record = json.loads((report.parent / "registration.json").read_text())

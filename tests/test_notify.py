@@ -18,9 +18,12 @@ from pathlib import Path
 import pytest
 
 from taxi import notify
-from tests.conftest import SMALL_TUNING, free_port, run_luigi, write_config
-from tests.luigi_process import private_lock
+from taxi.registry import model_name
+from tests.support.luigi_process import private_lock
+from tests.support.runs import SMALL_TUNING, run_luigi, write_config
+from tests.support.services import free_port
 
+MODEL = model_name("green")
 TOKEN = f"T0FAKE/B0FAKE/{secrets.token_hex(12)}"  # a Slack webhook URL's path is its secret
 REGISTER_OUTPUTS = ("registration.json", "report.md", "predicted_vs_actual.png", "residuals.png",
                     "feature_importance.png", "tuning.png")
@@ -145,7 +148,7 @@ def test_a_first_registration_posts_the_champion_message(pipeline, first_registr
     registration = json.loads((pipeline.run_folder() / "registration.json").read_text())
     assert registration["decision"] == "champion" and registration["previous_champion_version"] is None
     assert texts == [
-        f"taxi: new champion taxi-duration-green v{registration['version']}, trained on 2021-01: validation RMSE "
+        f"taxi: new champion {MODEL} v{registration['version']}, trained on 2021-01: validation RMSE "
         f"{registration['val_rmse']:.4f} min; champion before: none; report {pipeline.run_folder() / 'report.md'}"]
     assert (pipeline.run_folder() / "report.md").is_file()
     assert webhook_lines(output) == []
@@ -167,7 +170,7 @@ def test_a_failing_webhook_costs_one_warning_and_never_the_run(pipeline, first_r
     assert webhook_lines(output) == [
         f"WARNING: taxi.notify: webhook {where} did not take the message ({reason}); the run goes on"]
     if served:
-        assert served.texts[0].startswith("taxi: new champion taxi-duration-green v1, trained on 2021-01")
+        assert served.texts[0].startswith(f"taxi: new champion {MODEL} v1, trained on 2021-01")
 
 
 def test_without_the_variable_nothing_is_posted(pipeline, first_registration, receiver, monkeypatch):

@@ -21,11 +21,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from taxi import registry, storage, tasks, tracking
-from tests.conftest import ROOT, SMALL_TUNING, mlflow_service, run_luigi, write_config
-from tests.http_proxy import CHAMPION_LOOKUP, SET_ALIAS, Proxy
-from tests.luigi_process import LuigiProcess, private_lock
+from tests.support.http_proxy import CHAMPION_LOOKUP, SET_ALIAS, Proxy
+from tests.support.luigi_process import LuigiProcess, private_lock
+from tests.support.paths import ROOT
+from tests.support.runs import SMALL_TUNING, run_luigi, write_config
+from tests.support.services import mlflow_service
 
-MODEL = "taxi-duration-green"
+MODEL = registry.model_name("green")
 GOOD, WORSE = ("2021", "1"), ("2023", "1")  # WORSE trains on shuffled distances
 ONE_TREE = {"max_evals": "1", "num_boost_round": "1"}  # a budget that cannot beat SMALL_TUNING
 

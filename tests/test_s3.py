@@ -20,10 +20,14 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from taxi.features import load_matrix
-from tests.conftest import BIN, ROOT, SMALL_TUNING, Service, free_port, run_luigi, write_config
-from tests.s3server import SeaweedS3
+from taxi.registry import model_name
+from tests.support.paths import BIN, ROOT
+from tests.support.runs import SMALL_TUNING, run_luigi, write_config
+from tests.support.s3server import SeaweedS3
+from tests.support.services import Service, free_port
 
 MONTH = ("--year", "2021", "--month", "1")
+MODEL = model_name("green")
 PROFILES = ROOT / "config"
 
 
@@ -201,11 +205,11 @@ def test_mlflow_keeps_the_model_in_the_same_bucket(first_run, pipeline, s3, arti
         key.split("/artifacts/", 1)[1] for key in run_keys}
     assert any(key.endswith("/MLmodel") for key in keys)
     with tracking(pipeline.mlflow_url) as client:
-        champion = client.get_model_version_by_alias("taxi-duration-green", "champion")
+        champion = client.get_model_version_by_alias(MODEL, "champion")
         assert champion.run_id == registration["run_id"]
         assert client.get_run(champion.run_id).data.metrics["val_rmse"] == pytest.approx(registration["val_rmse"])
         # the test process has no S3 credentials: the server serves the model from the bucket
-        model = mlflow.pyfunc.load_model("models:/taxi-duration-green@champion")
+        model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
     minutes = model.predict(pd.DataFrame([{"PULocationID": 43, "DOLocationID": 151, "trip_distance": 1.01},
                                           {"PULocationID": 74, "DOLocationID": 75, "trip_distance": 12.5}]))
     assert 1 < minutes[0] < 60 and minutes[1] > minutes[0]
@@ -237,7 +241,7 @@ def test_deleted_object_reruns_only_the_task_that_wrote_it(first_run, pipeline):
     assert ran_tasks(reported.stderr) == {"RegisterModel(color=green, year=2021, month=1)"}
     assert "v1: champion" in pipeline.read(report).decode()
     with tracking(pipeline.mlflow_url) as client:
-        assert len(client.search_model_versions("name='taxi-duration-green'")) == 1  # found, not registered again
+        assert len(client.search_model_versions(f"name='{MODEL}'")) == 1  # found, not registered again
 
 
 def test_month_missing_from_the_s3_mirror_fails_naming_it(first_run, pipeline):
@@ -307,5 +311,5 @@ def test_secret_key_appears_in_no_log_object_or_mlflow_record(first_run, pipelin
         assert len(runs) >= 4  # tuning parent, its trials, the final training run
         for run in runs:
             assert not [v for v in (*run.data.params.values(), *run.data.tags.values()) if secret in v]
-        for version in tracker.search_model_versions("name='taxi-duration-green'"):
+        for version in tracker.search_model_versions(f"name='{MODEL}'"):
             assert not [v for v in version.tags.values() if secret in v]

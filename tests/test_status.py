@@ -16,14 +16,16 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import (ROOT, SMALL_TUNING, Service, free_port, luigid_service, mlflow_service, run_luigi,
-                            write_config)
-from tests.flaky_http import STALL, FlakyMirror
-from tests.http_proxy import CHAMPION_LOOKUP, Proxy
-from tests.luigi_process import LuigiProcess, private_lock
-from tests.s3server import SeaweedS3
+from taxi.registry import model_name
+from tests.support.flaky_http import STALL, FlakyMirror
+from tests.support.http_proxy import CHAMPION_LOOKUP, Proxy
+from tests.support.luigi_process import LuigiProcess, private_lock
+from tests.support.paths import ROOT
+from tests.support.runs import SMALL_TUNING, run_luigi, write_config
+from tests.support.s3server import SeaweedS3
+from tests.support.services import Service, free_port, luigid_service, mlflow_service
 
-MODEL = "taxi-duration-green"
+MODEL = model_name("green")
 HEADER = ["month", "version", "alias now", "decision", "val RMSE", "registered (UTC)", "report"]
 
 
@@ -116,13 +118,13 @@ def test_table_shows_each_trained_month_with_its_alias_now_and_its_decision_then
     assert [(row["month"], row["alias now"], row["decision"]) for row in rows] == [
         ("2021-01", "none", "champion"), ("2023-01", "champion", "challenger")]
     assert all(Path(row["report"]).is_file() for row in rows)
-    assert f"taxi-duration-yellow: no trained month in {trained.workdir / 'store'}" in shown.stdout
+    assert f"{model_name('yellow')}: no trained month in {trained.workdir / 'store'}" in shown.stdout
 
 
 def test_a_color_argument_shows_only_that_color(trained):
     shown = status(write_config(trained.workdir / "yellow.cfg", trained.sections), "yellow")
     assert shown.returncode == 0, shown.stderr[-3000:]
-    assert shown.stdout.startswith(f"taxi-duration-yellow: no trained month in {trained.workdir / 'store'}\n")
+    assert shown.stdout.startswith(f"{model_name('yellow')}: no trained month in {trained.workdir / 'store'}\n")
     assert MODEL not in shown.stdout
 
 

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from bench.course import course_features, course_read_dataframe
 from taxi import config, data, features, storage, tasks, tracking
-from tests.course import course_features, course_read_dataframe
 
 
 def build(task) -> luigi.execution_summary.LuigiRunResult:

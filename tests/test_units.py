@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.support.paths import ROOT
 
 UNITS = ROOT / "systemd"
 INSTALL_DIR = Path("/opt/taxi")

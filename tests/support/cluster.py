@@ -22,12 +22,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-from taxi import synthetic
-from tests.conftest import BIN, ROOT, Service, free_port, write_config
-from tests.postgres import Postgres
-from tests.s3server import SeaweedS3
+from bench import synthetic
+from tests.support.paths import BIN, ROOT
+from tests.support.postgres import Postgres
+from tests.support.runs import write_config
+from tests.support.s3server import SeaweedS3
+from tests.support.services import Service, free_port
 
 BUCKET = "taxi"
+PIPELINE_TASKS = (  # as luigid's task history names them
+    "DownloadMonth", "CleanMonth", "BuildFeatures", "TuneHyperparams", "TrainModel", "RegisterModel")
 UIDS = range(200_000, 2_000_000)  # far above any distribution's accounts, so a leftover file of an old run is unlikely
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import boto3
 import botocore.exceptions
 
-from tests.conftest import BIN, Service, free_port, wait_until
+from tests.support.paths import BIN
+from tests.support.services import Service, free_port, wait_until
 
 WEED = BIN / "weed"
 SERVERS = ("master", "volume", "filer", "s3")

@@ -2,12 +2,12 @@
 
     scripts/bench-cluster --months 4 --rows 76518
 
-Starts the cluster of tests/test_cluster.py on this machine (tests/cluster.py: PostgreSQL, SeaweedFS, luigid with
-config/luigid-cluster.cfg and an MLflow server on PostgreSQL with its artifacts in the bucket). Each run gets a fresh
-luigid, MLflow database and store prefix, H worker hosts (scripts/worker, `[taxi] threads = 1`) and a host that only
-submits (scripts/backfill --workers 0). Prints the wall times and their ratio, the per-month cost and the
-scheduler's overhead from luigid's task history, and what a 12-month x 2-color backfill would take on 1, 4 and 12
-hosts. The last line printed is one JSON object.
+Starts the cluster of tests/test_cluster.py on this machine (tests/support/cluster.py: PostgreSQL, SeaweedFS,
+luigid with config/luigid-cluster.cfg and an MLflow server on PostgreSQL with its artifacts in the bucket). Each run
+gets a fresh luigid, MLflow database and store prefix, H worker hosts (scripts/worker, `[taxi] threads = 1`) and a
+host that only submits (scripts/backfill --workers 0). Prints the wall times and their ratio, the per-month cost and
+the scheduler's overhead from luigid's task history, and what a 12-month x 2-color backfill would take on 1, 4 and
+12 hosts. The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -18,20 +18,17 @@ import logging
 import math
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from taxi import bench
-
-sys.path.insert(0, str(bench.ROOT))  # the cluster harness of the tests: real services, one account per host
-from tests.cluster import BUCKET, Cluster, worker_host, write_months  # noqa: E402
+from bench import speed
+# the cluster harness of the tests: real services, one account per host
+from tests.support.cluster import BUCKET, PIPELINE_TASKS, Cluster, worker_host, write_months
 
 log = logging.getLogger(__name__)
 
 GOAL_RATIO = 0.6  # 2 hosts take at most this share of 1 host's wall time (2 cores)
-PIPELINE_TASKS = ("DownloadMonth", "CleanMonth", "BuildFeatures", "TuneHyperparams", "TrainModel", "RegisterModel")
 ESTIMATE_MONTHS = 24  # 12 months x 2 colors
 ESTIMATE_HOSTS = (1, 4, 12)
 FIRST_MONTH = (2022, 1)
@@ -60,7 +57,7 @@ def run_backfill(cluster: Cluster, hosts: int, run: int, args: argparse.Namespac
         (first_year, first_month), (last_year, last_month) = months(args.months)[0], months(args.months)[-1]
         log.info("run %d: %d months on %d worker host(s)", run, args.months, hosts)
         started = time.perf_counter()
-        proc = submitter.start([str(bench.ROOT / "scripts" / "backfill"), "green", f"{first_year}-{first_month:02d}",
+        proc = submitter.start([str(speed.ROOT / "scripts" / "backfill"), "green", f"{first_year}-{first_month:02d}",
                                 f"{last_year}-{last_month:02d}", "--workers", "0"], config, cluster.s3.env)
         returncode = proc.wait()
         wall = time.perf_counter() - started
@@ -114,7 +111,7 @@ def summarize(args: argparse.Namespace, runs: list[dict], load_before: tuple[flo
         "per_month_seconds": round(per_month, 1), "overhead_per_month_seconds": round(overhead, 1),
         "register_seconds": register, "estimate_24_months_seconds": {f"{h}_hosts": s for h, s in estimate.items()},
         "runs": runs, "goals": {f"2 hosts take at most {GOAL_RATIO} of 1 host's wall time": ratio <= GOAL_RATIO},
-        "machine": bench.machine(load_before),
+        "machine": speed.machine(load_before),
     }
 
 
@@ -140,7 +137,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rows", type=int, default=20_000, help="rows per synthetic month (default %(default)s)")
     parser.add_argument("--max-evals", type=int, help="tuning trials per month (default: luigi.cfg's)")
     parser.add_argument("--repeat", type=int, default=1, help="run each host count this many times, alternating")
-    parser.add_argument("--source-dir", default=str(bench.DEFAULT_SOURCE_DIR),
+    parser.add_argument("--source-dir", default=str(speed.DEFAULT_SOURCE_DIR),
                         help="folder with the real green 2021-01 and 2021-02 TLC files (default %(default)s)")
     args = parser.parse_args(argv)
     if min(args.months, args.rows, args.max_evals or 1, args.repeat) < 1:
@@ -162,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
             cluster.stop()
     summary = summarize(args, runs, load_before)
     print(table(summary))
-    bench.print_verdict(summary)
+    speed.print_verdict(summary)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Synthetic TLC months of any size, bootstrap-resampled from real months (pure: no luigi).
 
-    python -m taxi.synthetic --color yellow --year 2021 --month 1 --rows 3000000 \
+    scripts/make_synthetic_month --color yellow --year 2021 --month 1 --rows 3000000 \
         --source ../shared/data/tlc/green_tripdata_2021-01.parquet out/yellow_tripdata_2021-01.parquet
 """
 

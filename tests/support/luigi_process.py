@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from tests.conftest import BIN, ROOT
+from tests.support.paths import BIN, ROOT
 
 
 def private_lock(workdir: Path) -> dict[str, str]:

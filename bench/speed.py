@@ -26,8 +26,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+import xgboost as xgb
 
-from taxi import synthetic, tuning
+from bench import synthetic
+from bench.course import (COURSE_PARAMS, COURSE_ROUNDS, COURSE_SEED, course_dicts, course_duration, course_filter,
+                          course_predict, course_read, course_rmse, course_train, course_vectorize)
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +38,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SOURCE_DIR = ROOT.parent / "shared" / "data" / "tlc"
 TRAIN_MONTH, VALID_MONTH = (2021, 1), (2021, 2)
 COLOR = "green"  # the course's code reads lpep_* columns
-COURSE_PARAMS = {**tuning.COURSE_PARAMS, "objective": "reg:squarederror", "seed": tuning.COURSE_SEED}  # as the notebook
 COMPARED_COLUMNS = ["PULocationID", "DOLocationID", "PU_DO", "trip_distance", "duration"]
 STAGES = ("read", "clean", "features", "train", "predict")
 DATA_STAGES = ("read", "clean", "features")
@@ -80,33 +82,13 @@ def peak_rss_mb() -> float:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# BASELINE: the course's code (MLOps Zoomcamp, duration prediction), as the notebook runs it, cut into stages.
+# BASELINE: the course's code (bench/course.py), as the notebook runs it, stage by stage.
 # ---------------------------------------------------------------------------------------------------------------
 
 def run_course(job: Job) -> dict:
-    import xgboost as xgb
-    from sklearn.feature_extraction import DictVectorizer
-    from sklearn.metrics import root_mean_squared_error
-
     watch, detail = Stopwatch(), {}
-
-    def course_read(filename):
-        return pd.read_parquet(filename)
-
     df_train, df_val = course_read(job.train_path), course_read(job.valid_path)
     watch.lap("read")
-
-    def course_duration(df):
-        df["duration"] = df.lpep_dropoff_datetime - df.lpep_pickup_datetime
-        df.duration = df.duration.apply(lambda td: td.total_seconds() / 60)
-        return df
-
-    def course_filter(df):
-        df = df[(df.duration >= 1) & (df.duration <= 60)]
-        categorical = ["PULocationID", "DOLocationID"]
-        df[categorical] = df[categorical].astype(str)
-        df["PU_DO"] = df["PULocationID"] + "_" + df["DOLocationID"]
-        return df
 
     started = time.perf_counter()
     df_train, df_val = course_duration(df_train), course_duration(df_val)
@@ -116,13 +98,9 @@ def run_course(job: Job) -> dict:
     detail["clean: filter, astype(str), PU_DO"] = watch.seconds["clean"] - detail["clean: duration via .apply"]
 
     started = time.perf_counter()
-    columns = ["PU_DO", "trip_distance"]
-    train_dicts = df_train[columns].to_dict(orient="records")
-    val_dicts = df_val[columns].to_dict(orient="records")
+    train_dicts, val_dicts = course_dicts(df_train), course_dicts(df_val)
     detail["features: to_dict(orient='records')"] = time.perf_counter() - started
-    dv = DictVectorizer()
-    X_train = dv.fit_transform(train_dicts)
-    X_val = dv.transform(val_dicts)
+    dv, X_train, X_val = course_vectorize(train_dicts, val_dicts)
     y_train = df_train["duration"].values
     y_val = df_val["duration"].values
     watch.lap("features")
@@ -136,14 +114,12 @@ def run_course(job: Job) -> dict:
         booster = xgb.Booster(model_file=job.pretrained)
         watch.restart()
     else:
-        train = xgb.DMatrix(X_train, label=y_train)
-        booster = xgb.train(params=COURSE_PARAMS, dtrain=train, num_boost_round=job.rounds)
+        booster = course_train(X_train, y_train, job.rounds)
         watch.lap("train")
-    valid = xgb.DMatrix(X_val)
-    y_pred = booster.predict(valid)
+    y_pred = course_predict(booster, X_val)
     watch.lap("predict")
     np.save(os.path.join(job.out_dir, "predictions.npy"), y_pred)
-    return side_result(watch, detail, rmse=float(root_mean_squared_error(y_val, y_pred)))
+    return side_result(watch, detail, rmse=course_rmse(y_val, y_pred))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -171,8 +147,7 @@ def run_pipeline(job: Job) -> dict:
     watch.restart()
     if not job.predict:
         return side_result(watch, {})
-    booster = training.train_booster(X_train, y_train, tuning.COURSE_PARAMS, job.rounds, tuning.COURSE_SEED,
-                                     job.nthread)
+    booster = training.train_booster(X_train, y_train, COURSE_PARAMS, job.rounds, COURSE_SEED, job.nthread)
     watch.lap("train")
     booster.save_model(booster_path(job.out_dir))
     watch.restart()
@@ -374,7 +349,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--source-dir", default=str(DEFAULT_SOURCE_DIR),
                         help="folder with the real green 2021-01 and 2021-02 TLC files (default %(default)s)")
     parser.add_argument("--data-dir", help="keep synthetic months here and reuse them (default: a temporary folder)")
-    parser.add_argument("--rounds", type=int, default=100, help="boosting rounds with the course params")
+    parser.add_argument("--rounds", type=int, default=COURSE_ROUNDS, help="boosting rounds with the course params")
     parser.add_argument("--threads", type=int, default=0, help="XGBoost threads for the pipeline; 0 = all cores")
     parser.add_argument("--repeat", type=int, default=1, help="run each side this many times; report medians")
     parser.add_argument("--skip-training", action="store_true", help="only read, clean and features")

@@ -25,13 +25,15 @@ from pathlib import Path
 import luigi
 import pyarrow.parquet as pq
 
-from taxi import bench, synthetic, tasks
+from bench import speed, synthetic
+from bench.course import COURSE_PARAMS, COURSE_ROUNDS, COURSE_SEED
+from taxi import tasks
 
 log = logging.getLogger(__name__)
 
 GOALS = {"rerun_seconds": 3.0}
 LUIGI = Path(sys.executable).with_name("luigi")
-TRAIN_MONTH = bench.TRAIN_MONTH  # the synthetic months are named for it and the month after
+TRAIN_MONTH = speed.TRAIN_MONTH  # the synthetic months are named for it and the month after
 
 
 def run_luigi(workdir: Path, config: Path, log_name: str) -> tuple[float, float]:
@@ -62,7 +64,7 @@ TUNINGS = {"new": {}, "old": OLD_TUNING}
 def write_config(workdir: Path, source_dir: Path, tuning: dict[str, str]) -> Path:
     """The shipped luigi.cfg in the scratch folder, plus an override that points it at the months and scratch stores
     and sets the tuning compared."""
-    shutil.copyfile(bench.ROOT / "luigi.cfg", workdir / "luigi.cfg")
+    shutil.copyfile(speed.ROOT / "luigi.cfg", workdir / "luigi.cfg")
     lines = ["[taxi]", f"source = {source_dir}", f"store = {workdir / 'store'}",
              "[mlflow]", f"tracking_uri = sqlite:///{workdir / 'mlflow.db'}",
              f"artifact_location = {workdir / 'mlartifacts'}", "[TuneHyperparams]"]
@@ -81,12 +83,11 @@ def finished_run(workdir: Path, config: Path) -> tasks.RegisterModel:
 
 def course_params_rmse(run: tasks.RegisterModel, rounds: int) -> tuple[float, float]:
     """Validation RMSE of the course's fixed parameters on the run's own feature matrices; (RMSE, seconds)."""
-    from taxi import training, tuning
+    from taxi import training
 
     _, X_train, y_train, X_valid, y_valid = tasks.load_features(run.input()["features"])
     started = time.perf_counter()
-    booster = training.train_booster(X_train, y_train, tuning.COURSE_PARAMS, rounds, tuning.COURSE_SEED,
-                                     os.cpu_count() or 1)
+    booster = training.train_booster(X_train, y_train, COURSE_PARAMS, rounds, COURSE_SEED, os.cpu_count() or 1)
     return training.rmse(y_valid, training.predict(booster, X_valid)), time.perf_counter() - started
 
 
@@ -168,14 +169,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="rows per synthetic month (default %(default)s)")
     parser.add_argument("--real", action="store_true", help="use the real source months as they are (ignores --rows)")
     parser.add_argument("--seed", type=int, default=42, help="resampling seed")
-    parser.add_argument("--source-dir", default=str(bench.DEFAULT_SOURCE_DIR),
+    parser.add_argument("--source-dir", default=str(speed.DEFAULT_SOURCE_DIR),
                         help="folder with the real green 2021-01 and 2021-02 TLC files (default %(default)s)")
     parser.add_argument("--data-dir", help="keep synthetic months here and reuse them (default: a temporary folder)")
     parser.add_argument("--workdir", help="run here and keep the stores, MLflow databases and logs (must be empty)")
     parser.add_argument("--tuning", choices=("both", "new", "old"), default="both", help="which tuning to time")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each tuning; figures are medians")
     parser.add_argument("--max-evals", type=int, help="tuning trials of both tunings (default: each one's own)")
-    parser.add_argument("--course-rounds", type=int, default=100, help="rounds for the course params' comparison")
+    parser.add_argument("--course-rounds", type=int, default=COURSE_ROUNDS,
+                        help="rounds for the course params' comparison")
     args = parser.parse_args(argv)
     if min(args.rows, args.course_rounds, args.repeat, args.max_evals or 1) < 1:
         parser.error("--rows, --repeat, --max-evals and --course-rounds must be at least 1")
@@ -190,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     load_before = os.getloadavg()
     names = ["new", "old"] if args.tuning == "both" else [args.tuning]
     with tempfile.TemporaryDirectory(prefix="taxi-bench-register-") as tmp:
-        train_path, _ = bench.months(args, Path(args.data_dir or tmp))
+        train_path, _ = speed.months(args, Path(args.data_dir or tmp))
         rows = pq.ParquetFile(train_path).metadata.num_rows
         workdir = Path(args.workdir or os.path.join(tmp, "run"))
         sides = {}
@@ -209,9 +211,9 @@ def main(argv: list[str] | None = None) -> None:
                "total_seconds": lead["total_seconds"], "val_rmse": lead["val_rmse"],
                "peak_rss_mb": lead["peak_rss_mb"], "sides": sides, "course_params_val_rmse": course[0],
                "course_params_train_seconds": round(course[1], 1), "course_params_rounds": args.course_rounds,
-               "goals": goals(args, sides, course[0]) if "new" in sides else {}, "machine": bench.machine(load_before)}
+               "goals": goals(args, sides, course[0]) if "new" in sides else {}, "machine": speed.machine(load_before)}
     print(table(rows, sides, course, args.course_rounds))
-    bench.print_verdict(summary)
+    speed.print_verdict(summary)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,71 @@
+"""The course's baseline in one place (MLOps Zoomcamp, duration prediction): its own code path, as the notebook runs
+it, cut into the stages the benchmark times, and its fixed XGBoost parameters as the benchmarks train with them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import xgboost as xgb
+from sklearn.feature_extraction import DictVectorizer
+from sklearn.metrics import root_mean_squared_error
+
+from taxi import tuning
+
+# The course's parameters, rounds and seed; taxi.tuning keeps them because the product's report compares with them.
+COURSE_PARAMS, COURSE_ROUNDS, COURSE_SEED = tuning.COURSE_PARAMS, tuning.COURSE_ROUNDS, tuning.COURSE_SEED
+# As the notebook passes them to xgb.train.
+COURSE_NOTEBOOK_PARAMS = {**COURSE_PARAMS, "objective": "reg:squarederror", "seed": COURSE_SEED}
+FEATURE_COLUMNS = ["PU_DO", "trip_distance"]
+
+
+def course_read(path: str) -> pd.DataFrame:
+    return pd.read_parquet(path)
+
+
+def course_duration(df: pd.DataFrame) -> pd.DataFrame:
+    df["duration"] = df.lpep_dropoff_datetime - df.lpep_pickup_datetime
+    df.duration = df.duration.apply(lambda td: td.total_seconds() / 60)
+    return df
+
+
+def course_filter(df: pd.DataFrame) -> pd.DataFrame:
+    df = df[(df.duration >= 1) & (df.duration <= 60)]
+    categorical = ["PULocationID", "DOLocationID"]
+    df[categorical] = df[categorical].astype(str)
+    df["PU_DO"] = df["PULocationID"] + "_" + df["DOLocationID"]
+    return df
+
+
+def course_read_dataframe(path: str) -> pd.DataFrame:
+    """The notebook's read_dataframe: read, duration, filter."""
+    return course_filter(course_duration(course_read(path)))
+
+
+def course_dicts(df: pd.DataFrame) -> list[dict]:
+    return df[FEATURE_COLUMNS].to_dict(orient="records")
+
+
+def course_vectorize(train_dicts: list[dict], val_dicts: list[dict]) -> tuple[DictVectorizer, sp.csr_matrix,
+                                                                                 sp.csr_matrix]:
+    dv = DictVectorizer()
+    return dv, dv.fit_transform(train_dicts), dv.transform(val_dicts)
+
+
+def course_features(df_train: pd.DataFrame, df_val: pd.DataFrame) -> tuple[DictVectorizer, sp.csr_matrix,
+                                                                            sp.csr_matrix]:
+    """The notebook's features: records of PU_DO and trip_distance through a DictVectorizer; (dv, X_train, X_val)."""
+    return course_vectorize(course_dicts(df_train), course_dicts(df_val))
+
+
+def course_train(X_train: sp.csr_matrix, y_train: np.ndarray, rounds: int) -> xgb.Booster:
+    train = xgb.DMatrix(X_train, label=y_train)
+    return xgb.train(params=COURSE_NOTEBOOK_PARAMS, dtrain=train, num_boost_round=rounds)
+
+
+def course_predict(booster: xgb.Booster, X_val: sp.csr_matrix) -> np.ndarray:
+    return booster.predict(xgb.DMatrix(X_val))
+
+
+def course_rmse(y_val: np.ndarray, y_pred: np.ndarray) -> float:
+    return float(root_mean_squared_error(y_val, y_pred))
