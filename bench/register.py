@@ -27,7 +27,8 @@ import pyarrow.parquet as pq
 
 from bench import speed, synthetic
 from bench.course import COURSE_PARAMS, COURSE_ROUNDS, COURSE_SEED
-from taxi import tasks
+from taxi import layout, tasks
+from taxi.tuning import pruned_count
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +84,12 @@ def finished_run(workdir: Path, config: Path) -> tasks.RegisterModel:
 
 def course_params_rmse(run: tasks.RegisterModel, rounds: int) -> tuple[float, float]:
     """Validation RMSE of the course's fixed parameters on the run's own feature matrices; (RMSE, seconds)."""
-    from taxi import training
+    from taxi import metrics, serving, training
 
     _, X_train, y_train, X_valid, y_valid = tasks.load_features(run.input()["features"])
     started = time.perf_counter()
     booster = training.train_booster(X_train, y_train, COURSE_PARAMS, rounds, COURSE_SEED, os.cpu_count() or 1)
-    return training.rmse(y_valid, training.predict(booster, X_valid)), time.perf_counter() - started
+    return metrics.rmse(y_valid, serving.predict(booster, X_valid)), time.perf_counter() - started
 
 
 def timed_run(workdir: Path, source_dir: Path, tuning: dict[str, str], rerun: bool) -> dict:
@@ -107,16 +108,17 @@ def timed_run(workdir: Path, source_dir: Path, tuning: dict[str, str], rerun: bo
 
 def records(store: Path) -> dict:
     """What the targets of the one run in a fresh store say about its tuning, training and registration."""
-    def only(pattern: str) -> dict:
+    def only(template: str, name: str = "") -> dict:
+        pattern = template.format(color="*", ym="*", key="*", name=name)
         found = list(store.glob(pattern))
         if len(found) != 1:
             raise SystemExit(f"expected one {pattern} in {store}, found {len(found)}")
         return json.loads(found[0].read_text())
 
-    tuned, trained = only("tuning/*/*/*/best_params.json"), only("runs/*/*/*/train.json")
-    registration = only("runs/*/*/*/registration.json")
+    tuned, trained = only(layout.TUNING), only(layout.RUN, "train.json")
+    registration = only(layout.RUN, layout.REGISTRATION)
     return {"tune_seconds": tuned["seconds"], "train_seconds": trained["seconds"], "val_rmse": registration["val_rmse"],
-            "trials": tuned["trials"], "pruned_trials": sum(t["pruned_at"] is not None for t in tuned["history"]),
+            "trials": tuned["trials"], "pruned_trials": pruned_count(tuned["history"]),
             "train_rows_used": tuned["train_rows_used"], "valid_rows_used": tuned["valid_rows_used"],
             "num_boost_round": tuned["num_boost_round"], "params": tuned["params"]}
 

@@ -127,7 +127,7 @@ def run_course(job: Job) -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 
 def run_pipeline(job: Job) -> dict:
-    from taxi import data, features, training
+    from taxi import data, features, metrics, serving, training
 
     watch = Stopwatch()
     train_raw, valid_raw = data.read_trips(job.train_path, COLOR), data.read_trips(job.valid_path, COLOR)
@@ -151,11 +151,11 @@ def run_pipeline(job: Job) -> dict:
     watch.lap("train")
     booster.save_model(booster_path(job.out_dir))
     watch.restart()
-    y_pred = training.predict(booster, X_valid)
+    y_pred = serving.predict(booster, X_valid)
     watch.lap("predict")
     np.save(os.path.join(job.out_dir, "predictions.npy"), y_pred)
-    distinct = len(training.distinct_rows(X_valid)[0])
-    return side_result(watch, {}, rmse=training.rmse(y_valid, y_pred), distinct_valid_rows=distinct)
+    distinct = len(serving.distinct_rows(X_valid)[0])
+    return side_result(watch, {}, rmse=metrics.rmse(y_valid, y_pred), distinct_valid_rows=distinct)
 
 
 def booster_path(out_dir: str) -> str:

@@ -19,11 +19,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from taxi import features
+from taxi import features, layout
 from tests.support.flaky_http import FlakyMirror
 from tests.support.luigi_process import LuigiProcess, private_lock
 from tests.support.paths import BIN
 from tests.support.runs import SMALL_TUNING, run_luigi, write_config
+from tests.support.store import match, one_file, pattern
 
 MONTH = ("--year", "2021", "--month", "1")
 JANUARY = "green_tripdata_2021-01.parquet"
@@ -196,11 +197,11 @@ def test_bad_source_file_fails_its_task_with_a_clear_message_and_writes_nothing_
     if failing_task == "DownloadMonth":
         assert f"downloaded file {url}/{case}/{JANUARY}" in line
     stored = files_under(workdir / case / "store")
-    raw_january = ["raw/green/green_tripdata_2021-01.parquet", "raw/green/green_tripdata_2021-01.parquet.json"]
-    february = ["clean/v1/green/2021-02.json", "clean/v1/green/2021-02.parquet",
-                "raw/green/green_tripdata_2021-02.parquet", "raw/green/green_tripdata_2021-02.parquet.json"]
+    raw_january = [pattern(t, color="green", ym="2021-01") for t in (layout.RAW, layout.RAW_META)]
+    february = [pattern(t, color="green", ym="2021-02")
+                for t in (layout.CLEAN, layout.CLEAN_STATS, layout.RAW, layout.RAW_META)]
     # the good month goes on; of the bad one only a correct download may stay (cleaning rejected it)
-    assert stored == sorted(february + (raw_january if failing_task == "CleanMonth" else []))
+    assert match(stored, february + (raw_january if failing_task == "CleanMonth" else [])), stored
     assert not (workdir / case / "mlflow.db").exists()
 
 
@@ -242,9 +243,10 @@ def test_nonfinite_distances_are_dropped_with_a_warning(odd_rows):
     run = runs["nonfinite-distances"]
     assert run.proc.returncode == 0, run.log[-3000:]
     assert "dropped 150 trips with a missing or infinite trip_distance" in run.log
-    stats = json.loads((workdir / "nonfinite-distances/clean/v1/green/2021-01.json").read_text())
+    store = workdir / "nonfinite-distances"
+    stats = json.loads(one_file(store, layout.CLEAN_STATS, color="green", ym="2021-01").read_text())
     assert (stats["dropped_nonfinite_distance"], stats["rows_clean"]) == (150, JANUARY_CLEAN_ROWS - 150)
-    cleaned = pd.read_parquet(workdir / "nonfinite-distances/clean/v1/green/2021-01.parquet")
+    cleaned = pd.read_parquet(one_file(store, layout.CLEAN, color="green", ym="2021-01"))
     assert np.isfinite(cleaned["trip_distance"]).all() and len(cleaned) == JANUARY_CLEAN_ROWS - 150
 
 
@@ -253,9 +255,10 @@ def test_zone_ids_outside_1_to_265_are_warned_about_and_kept(odd_rows):
     run = runs["zones-outside-1-265"]
     assert run.proc.returncode == 0, run.log[-3000:]
     assert "70 zone ids outside 1..265 (kept as their own categories)" in run.log
-    stats = json.loads((workdir / "zones-outside-1-265/clean/v1/green/2021-01.json").read_text())
+    store = workdir / "zones-outside-1-265"
+    stats = json.loads(one_file(store, layout.CLEAN_STATS, color="green", ym="2021-01").read_text())
     assert (stats["unknown_zone_rows"], stats["rows_clean"]) == (70, JANUARY_CLEAN_ROWS)
-    cleaned = pd.read_parquet(workdir / "zones-outside-1-265/clean/v1/green/2021-01.parquet")
+    cleaned = pd.read_parquet(one_file(store, layout.CLEAN, color="green", ym="2021-01"))
     assert ((cleaned["PULocationID"] == "300").sum(), (cleaned["DOLocationID"] == "0").sum()) == (40, 30)
 
 
@@ -286,7 +289,7 @@ def truncate(path: Path) -> None:
 def test_truncated_cached_parquets_fail_the_completeness_check_and_are_rebuilt(features_store, tlc_dir):
     workdir, config = features_store
     store = workdir / "store"
-    raw, clean = store / "raw/green/green_tripdata_2021-02.parquet", store / "clean/v1/green/2021-02.parquet"
+    raw, clean = (one_file(store, template, color="green", ym="2021-02") for template in (layout.RAW, layout.CLEAN))
     truncate(raw)
     truncate(clean)
     rerun = run_luigi(workdir, config, "CleanMonth", "--year", "2021", "--month", "2")
@@ -298,7 +301,7 @@ def test_truncated_cached_parquets_fail_the_completeness_check_and_are_rebuilt(f
 
 def test_truncated_feature_matrix_is_named_on_read_and_rebuilt_once_deleted(features_store):
     workdir, config = features_store
-    matrix = workdir / "store/features/v1/green/2021-01/train.npz"
+    matrix = one_file(workdir / "store", layout.FEATURES, color="green", ym="2021-01", name="train.npz")
     truncate(matrix)
     failed = run_luigi(workdir, config, "TuneHyperparams", *MONTH)
     assert failed.returncode == 30

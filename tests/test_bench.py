@@ -8,8 +8,9 @@ import pyarrow.compute as pc
 import pytest
 
 from bench import synthetic
-from taxi import data
+from taxi import data, layout
 from tests.support.paths import ROOT
+from tests.support.store import one_file, run_file
 
 STAGES = {"read", "clean", "features", "read+clean+features", "train", "predict"}
 
@@ -77,8 +78,8 @@ def test_bench_register_times_the_new_and_the_old_tuning_and_a_rerun_that_does_n
     assert summary["rows"] == 20_000 and set(summary["sides"]) == {"new", "old"}
     for side, policy in (("new", "lossguide"), ("old", "depthwise")):
         store = workdir / f"{side}-0" / "store"
-        registration = json.loads(next(store.glob("runs/green/2021-01/*/registration.json")).read_text())
-        tuned = json.loads(next(store.glob("tuning/green/2021-01/*/best_params.json")).read_text())
+        registration = json.loads(run_file(store, layout.REGISTRATION).read_text())
+        tuned = json.loads(one_file(store, layout.TUNING, color="green", ym="2021-01").read_text())
         figures = summary["sides"][side]
         assert figures["val_rmse"] == registration["val_rmse"] and registration["version"] == 1
         assert figures["trials"] == tuned["trials"] == 2 and tuned["params"]["grow_policy"] == policy

@@ -2,7 +2,11 @@
 `mlflow server`, a loopback HTTP mirror of the TLC files and (once) a real luigid."""
 
 import json
+import os
 import secrets
+import subprocess
+import sys
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -12,12 +16,13 @@ import requests
 import xgboost as xgb
 from mlflow.tracking import MlflowClient
 
-from taxi import features
+from taxi import features, layout, serving
 from taxi.registry import model_name
 from tests.support.flaky_http import UNAVAILABLE, FlakyMirror
 from tests.support.luigi_process import private_lock
 from tests.support.runs import SMALL_TUNING, run_luigi, write_config
 from tests.support.services import mlflow_service
+from tests.support.store import one_file, run_file
 
 MONTH = ("--year", "2021", "--month", "1")
 MODEL = model_name("green")
@@ -42,7 +47,7 @@ def test_register_model_completes_and_registers_the_champion(e2e):
     assert "8 ran successfully" in first.stderr
     client = MlflowClient()
     champion = client.get_model_version_by_alias(MODEL, "champion")
-    registration = json.loads(next((workdir / "data" / "runs").rglob("registration.json")).read_text())
+    registration = json.loads(run_file(workdir / "data", layout.REGISTRATION).read_text())
     assert int(champion.version) == registration["version"] and champion.run_id == registration["run_id"]
     run = client.get_run(champion.run_id)
     assert run.data.metrics["val_rmse"] == pytest.approx(registration["val_rmse"])
@@ -57,17 +62,39 @@ def test_registered_model_predicts_from_raw_trip_fields(e2e):
     assert len(minutes) == 2 and 1 < minutes[0] < 60 and minutes[1] > minutes[0]
 
 
+def test_registered_model_carries_only_the_serving_code_and_predicts_with_that_copy(e2e, tmp_path):
+    """The logged model's code is the pyfunc, the features it computes and the zone rule, nothing else of taxi; in
+    a fresh process its own copy of that code (not the checkout's) loads and predicts."""
+    model = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL}@champion", dst_path=str(tmp_path / "model")))
+    code = model / "code"
+    assert sorted(str(p.relative_to(code)) for p in code.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+                  ) == ["taxi/__init__.py", "taxi/features.py", "taxi/serving.py", "taxi/zones.py"]
+    script = ("import sys, mlflow, pandas as pd\n"
+              "model = mlflow.pyfunc.load_model(sys.argv[1])\n"
+              "import taxi\n"
+              "print(taxi.__file__)\n"
+              "print(model.predict(pd.DataFrame([{'PULocationID': 43, 'DOLocationID': 151, 'trip_distance': 1.01}]))[0])")
+    done = subprocess.run([sys.executable, "-c", script, str(model)], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONNOUSERSITE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded_from, minutes = done.stdout.split()
+    assert Path(loaded_from).is_relative_to(code)
+    champion = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
+    assert float(minutes) == pytest.approx(float(champion.predict(serving.INPUT_EXAMPLE)[0]), rel=1e-6)
+
+
 def test_served_model_predicts_what_the_booster_predicts_on_the_training_time_matrix(e2e):
     """Row by row on the whole validation month: the pyfunc on raw trip fields (zone ids as a user has them: ints,
     floats, strings) gives the booster's predictions on the feature matrix BuildFeatures made for training."""
     workdir, _, _ = e2e
     store = workdir / "data"
-    X_valid, _ = features.load_matrix(str(store / "features/v1/green/2021-01/valid.npz"))
+    X_valid, _ = features.load_matrix(str(one_file(store, layout.FEATURES, color="green", ym="2021-01",
+                                                   name="valid.npz")))
     booster = xgb.Booster()
-    booster.load_model(bytearray(next((store / "runs").rglob("booster.ubj")).read_bytes()))
+    booster.load_model(bytearray(run_file(store, "booster.ubj").read_bytes()))
     expected = booster.inplace_predict(X_valid)
-    trips = pd.read_parquet(store / "clean/v1/green/2021-02.parquet", columns=["PULocationID", "DOLocationID",
-                                                                               "trip_distance"])
+    trips = pd.read_parquet(one_file(store, layout.CLEAN, color="green", ym="2021-02"),
+                            columns=["PULocationID", "DOLocationID", "trip_distance"])
     raw = trips.astype({"PULocationID": "int64", "DOLocationID": "int64"})
     model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
     assert len(raw) == len(expected) == 61_921
@@ -157,11 +184,11 @@ def test_credentials_in_the_tracking_uri_and_the_source_url_are_recorded_nowhere
                f"X-Amz-Signature=***"
     assert f"download of {redacted} failed (HTTP 503); retry 1/4 in 0.1s" in done.stderr
     assert "HTTP 404 for http://***@" in missing.stderr
-    registration = json.loads(next((tmp_path / "store").rglob("registration.json")).read_text())
+    registration = json.loads(run_file(tmp_path / "store", layout.REGISTRATION).read_text())
     assert registration["tracking_uri"] == server.url
-    assert json.loads((tmp_path / "store/raw/green/green_tripdata_2021-02.parquet.json").read_text())[
+    assert json.loads(one_file(tmp_path / "store", layout.RAW_META, color="green", ym="2021-02").read_text())[
         "source_url"] == redacted
-    report = next((tmp_path / "store").rglob("report.md")).read_text()
+    report = run_file(tmp_path / "store", layout.REPORT).read_text()
     assert f"`{redacted.replace('2021-02', '2021-01')}`" in report
     produced = {str(path): path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
     produced.update(stdout=done.stdout.encode(), stderr=done.stderr.encode(), missing=missing.stderr.encode())
@@ -172,7 +199,7 @@ def test_credentials_in_the_tracking_uri_and_the_source_url_are_recorded_nowhere
 
 
 def _tuned(workdir, ym: str) -> dict:
-    return json.loads(next((workdir / "data" / "tuning" / "green" / ym).rglob("best_params.json")).read_text())
+    return json.loads(one_file(workdir / "data", layout.TUNING, color="green", ym=ym).read_text())
 
 
 def test_tuning_starts_from_the_champion_and_a_finished_month_stays_done_under_a_new_champion(e2e):
@@ -197,11 +224,10 @@ def test_tuning_starts_from_the_champion_and_a_finished_month_stays_done_under_a
     tuning_run = client.search_runs([client.get_experiment_by_name("taxi-duration").experiment_id],
                                     "tags.`taxi.stage` = 'tuning'", order_by=["start_time DESC"])[0]
     assert tuning_run.data.params["warm_start_version"] == champion.version
-    for report in (workdir / "data" / "runs" / "green").glob("*/*/report.md"):
-        assert "![tuning](tuning.png)" in report.read_text()
-        assert (report.parent / "tuning.png").read_bytes().startswith(b"\x89PNG")
-    assert "warm start: champion v" in next((workdir / "data" / "runs" / "green" / "2023-01").glob("*/report.md")
-                                            ).read_text()
+    for ym in ("2021-01", "2023-01"):
+        assert "![tuning](tuning.png)" in run_file(workdir / "data", layout.REPORT, ym=ym).read_text()
+        assert run_file(workdir / "data", layout.TUNING_PLOT, ym=ym).read_bytes().startswith(b"\x89PNG")
+    assert "warm start: champion v" in run_file(workdir / "data", layout.REPORT, ym="2023-01").read_text()
 
     newest = max(int(v.version) for v in client.search_model_versions(f"name='{MODEL}'"))
     assert newest != int(champion.version)  # the champion the 2021-01 search could have started from is gone

@@ -5,6 +5,7 @@ rerun completes. Secrets in the environment must appear in nothing the runs prod
 from __future__ import annotations
 
 import ast
+import fnmatch
 import json
 import os
 import pickle
@@ -22,15 +23,17 @@ import requests
 import xgboost as xgb
 from mlflow.tracking import MlflowClient
 
-from taxi import data, features
+from taxi import data, features, layout
 from taxi.registry import model_name
 from tests.support.flaky_http import DROP, FORBIDDEN, GZIP, OK, SHORT, SLOW, STALL, UNAVAILABLE, FlakyMirror
 from tests.support.luigi_process import LuigiProcess, private_lock
 from tests.support.paths import ROOT
 from tests.support.runs import SMALL_TUNING, run_luigi, write_config
 from tests.support.services import Service, free_port, luigid_service, mlflow_service
+from tests.support.store import one_file, pattern
 
 MONTH = ("--year", "2021", "--month", "1")
+JANUARY = (2021, 1)
 MODEL = model_name("green")
 SECRETS = {"AWS_ACCESS_KEY_ID": "AKIATAXIFAULTSUITE01", "AWS_SECRET_ACCESS_KEY": "taxi-fault-suite-aws-secret-6f1c0d",
            "TAXI_SMTP_PASSWORD": "taxi-fault-suite-smtp-password-93ab"}
@@ -88,7 +91,7 @@ def test_flaky_source_is_retried_with_backoff_until_the_file_is_byte_identical(t
     gaps = np.diff(flaky_mirror.request_times)
     for gap, delay, fault in zip(gaps, delays, script):
         assert delay <= gap <= delay + (1.0 if fault == STALL else 0) + 1.5, (list(gaps), delays, script)
-    stored = tmp_path / "store" / "raw" / "green" / "green_tripdata_2021-02.parquet"
+    stored = tmp_path / "store" / layout.raw("green", 2021, 2)["data"]
     source = tlc_dir / "green_tripdata_2021-02.parquet"
     assert stored.read_bytes() == source.read_bytes()
     assert json.loads(stored.with_suffix(".parquet.json").read_text())["sha256"] == data.sha256(str(source))
@@ -108,7 +111,7 @@ def test_gzipping_server_still_yields_the_files_own_bytes(tmp_path, flaky_mirror
     run = download(tmp_path, flaky_mirror, [GZIP], 2021, 2)
     assert run.returncode == 0, run.stderr[-3000:]
     assert len(flaky_mirror.requests) == 1 and "retry" not in run.stderr
-    stored = tmp_path / "store" / "raw" / "green" / "green_tripdata_2021-02.parquet"
+    stored = tmp_path / "store" / layout.raw("green", 2021, 2)["data"]
     assert stored.read_bytes() == (tlc_dir / "green_tripdata_2021-02.parquet").read_bytes()
 
 
@@ -202,35 +205,32 @@ class Pipeline:
         return experiment is not None and bool(self.client().search_runs(
             [experiment.experiment_id], "tags.`taxi.stage` = 'training'"))
 
-    def outputs(self) -> dict[str, list[Path]]:
-        """Every task's outputs, by docs/pipeline.md "Store layout" (one tuning setting in this suite)."""
-        s = self.store
-        tuning = next(iter(sorted((s / "tuning/green/2021-01").glob("*"))), s / "tuning/none")
-        run_dir = s / "runs/green/2021-01" / f"v1-{tuning.name}"
-        outputs = {f"{task} {ym}": [s / path for path in paths] for ym in ("2021-01", "2021-02") for task, paths in (
-            ("DownloadMonth", [f"raw/green/green_tripdata_{ym}.parquet", f"raw/green/green_tripdata_{ym}.parquet.json"]),
-            ("CleanMonth", [f"clean/v1/green/{ym}.parquet", f"clean/v1/green/{ym}.json"]))}
-        outputs["BuildFeatures"] = [s / "features/v1/green/2021-01" / name
-                                    for name in ("vectorizer.pkl", "train.npz", "valid.npz")]
-        outputs["TuneHyperparams"] = [tuning / "best_params.json"]
-        outputs["TrainModel"] = [run_dir / "booster.ubj", run_dir / "train.json"]
-        outputs["RegisterModel"] = [run_dir / name for name in ("registration.json", "report.md",
-                                                                "predicted_vs_actual.png", "residuals.png",
-                                                                "feature_importance.png", "tuning.png")]
+    def outputs(self) -> dict[str, list[str]]:
+        """Every task's outputs as patterns of the store's layout (taxi.layout; any key: one setting per task here)."""
+        month = {"color": "green", "ym": "2021-01"}
+        by_month = {"DownloadMonth": [layout.RAW, layout.RAW_META], "CleanMonth": [layout.CLEAN, layout.CLEAN_STATS]}
+        outputs = {f"{task} {ym}": [pattern(t, color="green", ym=ym) for t in templates]
+                   for ym in ("2021-01", "2021-02") for task, templates in by_month.items()}
+        outputs["BuildFeatures"] = [pattern(layout.FEATURES, **month, name=n) for n in layout.FEATURE_FILES]
+        outputs["TuneHyperparams"] = [pattern(layout.TUNING, **month)]
+        outputs["TrainModel"] = [pattern(layout.RUN, **month, name=n) for n in ("booster.ubj", "train.json")]
+        outputs["RegisterModel"] = [pattern(layout.RUN, **month, name=n)
+                                    for n in (layout.REGISTRATION, *layout.REPORT_FILES)]
         return outputs
 
     def complete_tasks(self) -> set[str]:
-        return {task for task, paths in self.outputs().items() if all(p.exists() for p in paths)}
+        return {task for task, patterns in self.outputs().items() if all(any(self.store.glob(p)) for p in patterns)}
 
     def invalid_targets(self) -> list[str]:
         """Files in the store that are not a whole, correct target (luigi's temporary files aside)."""
-        known = {p for paths in self.outputs().values() for p in paths}
+        patterns = [p for patterns in self.outputs().values() for p in patterns]
         invalid = []
         for path in store_files(self.store):
             if "-luigi-tmp-" in path.name:
                 continue
             try:
-                assert path in known, "not a target of this pipeline"
+                relative = str(path.relative_to(self.store))
+                assert any(fnmatch.fnmatchcase(relative, p) for p in patterns), "not a target of this pipeline"
                 self.check(path)
             except Exception as exc:  # any failure to read or verify is a wrong target
                 invalid.append(f"{path.relative_to(self.store)}: {type(exc).__name__} {exc}")
@@ -339,13 +339,14 @@ def test_kill_9_in_clean_of_a_large_month(tmp_path, tlc_dir):
     run.wait_for_line(r"running +CleanMonth\(")
     run.kill()
     assert luigi_ran(run.log)[-1] == "CleanMonth 2021-01" and "done      CleanMonth" not in run.log
-    raw = tmp_path / "store/raw/green/green_tripdata_2021-01.parquet"
+    raw = tmp_path / "store" / layout.raw("green", *JANUARY)["data"]
     assert raw.read_bytes() == (tmp_path / "mirror" / raw.name).read_bytes()
     assert [p.name for p in store_files(tmp_path / "store/clean") if "-luigi-tmp-" not in p.name] == []
     rerun = LuigiProcess(tmp_path, config, "CleanMonth", *MONTH, name="rerun")
     assert rerun.finish() == 0, rerun.log[-3000:]
     assert luigi_ran(rerun.log) == ["CleanMonth 2021-01"]
-    assert pq.read_metadata(tmp_path / "store/clean/v1/green/2021-01.parquet").num_rows == 30 * 73_908
+    assert pq.read_metadata(one_file(tmp_path / "store", layout.CLEAN, color="green", ym="2021-01")).num_rows == \
+        30 * 73_908
 
 
 def test_kill_9_in_download_came_mid_body(pipeline):
@@ -465,7 +466,7 @@ def test_luigid_restart_mid_run_keeps_done_tasks_and_the_run_completes(tmp_path,
     assert luigi_ran(run.log) == ["DownloadMonth 2021-02", "CleanMonth 2021-02", "DownloadMonth 2021-01",
                                   "CleanMonth 2021-01", "BuildFeatures"]
     assert rerun.returncode == 0 and "ran successfully" not in rerun.stderr
-    assert (tmp_path / "store" / "features/v1/green/2021-01/train.npz").exists()
+    assert one_file(tmp_path / "store", layout.FEATURES, color="green", ym="2021-01", name="train.npz").exists()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -501,7 +502,7 @@ def test_full_or_read_only_store_fails_naming_the_target_and_leaves_nothing(tmp_
                                                    "core": private_lock(tmp_path)})
     failed = run_luigi(tmp_path, config, "DownloadMonth", *MONTH)
     assert failed.returncode == 30
-    target = store / "raw" / "green" / "green_tripdata_2021-01.parquet"
+    target = store / layout.raw("green", *JANUARY)["data"]
     assert f"OSError: [Errno {errno}] cannot write {target} into [taxi] store {store}: {reason}" in failed.stderr
     assert store_files(store) == []
     subprocess.run(["mount", "-o", f"remount,{fix}", str(store)], check=True)
@@ -529,8 +530,9 @@ def test_full_or_read_only_store_fails_every_task_naming_its_target(tmp_path, tm
     failed = run_luigi(tmp_path, config, "CleanMonth", *MONTH)
     assert failed.returncode == 30
     errno, reason = (28, "No space left on device") if fault == "disk-full" else (30, "Read-only file system")
-    target = store / "clean" / "v1" / "green" / "2021-01.parquet"
-    assert f"OSError: [Errno {errno}] cannot write {target} into [taxi] store {store}: {reason}" in failed.stderr
+    [target] = re.findall(rf"OSError: \[Errno {errno}\] cannot write (\S+) into \[taxi\] store {store}: {reason}",
+                          failed.stderr)
+    assert fnmatch.fnmatchcase(target, str(store / pattern(layout.CLEAN, color="green", ym="2021-01")))
     assert "FileNotFoundError" not in failed.stderr
     assert [p for p in store_files(store) if p != filler] == downloaded
     if fault == "disk-full":

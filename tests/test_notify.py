@@ -17,16 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from taxi import notify
+from taxi import layout, notify
 from taxi.registry import model_name
 from tests.support.luigi_process import private_lock
 from tests.support.runs import SMALL_TUNING, run_luigi, write_config
 from tests.support.services import free_port
+from tests.support.store import run_file
 
 MODEL = model_name("green")
 TOKEN = f"T0FAKE/B0FAKE/{secrets.token_hex(12)}"  # a Slack webhook URL's path is its secret
-REGISTER_OUTPUTS = ("registration.json", "report.md", "predicted_vs_actual.png", "residuals.png",
-                    "feature_importance.png", "tuning.png")
+REGISTER_OUTPUTS = (layout.REGISTRATION, *layout.REPORT_FILES)
 
 
 class Receiver:
@@ -92,7 +92,7 @@ class Pipeline:
         return done.returncode, output
 
     def run_folder(self) -> Path:
-        return next((self.workdir / "store" / "runs" / "green" / "2021-01").iterdir())
+        return run_file(self.workdir / "store", layout.REGISTRATION).parent
 
 
 @pytest.fixture(scope="module")

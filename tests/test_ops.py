@@ -223,8 +223,8 @@ def test_tuning_progress_is_in_the_scheduler_api(backfill, ops):
     tuned = ops.scheduler_tasks("DONE", "TuneHyperparams")
     assert len(tuned) == 2
     for task in tuned.values():
-        best = json.loads(next((ops.workdir / "store" / "tuning" / "green" / f"{task['params']['year']}-"
-                                f"{int(task['params']['month']):02d}").rglob("best_params.json")).read_text())
+        ym = f"{task['params']['year']}-{int(task['params']['month']):02d}"
+        best = json.loads(one_file(ops.workdir / "store", layout.TUNING, color="green", ym=ym).read_text())
         assert task["progress_percentage"] == 100
         assert task["status_message"] == f"trial 2 of 2, best validation RMSE so far {best['val_rmse']:.4f}"
 

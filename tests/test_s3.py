@@ -5,8 +5,10 @@ mirror as the source, MLflow artifacts in the same bucket, and the secret key no
 from __future__ import annotations
 
 import configparser
+import fnmatch
 import io
 import json
+import re
 import subprocess
 import time
 from contextlib import contextmanager
@@ -19,12 +21,14 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from taxi import layout
 from taxi.features import load_matrix
 from taxi.registry import model_name
 from tests.support.paths import BIN, ROOT
 from tests.support.runs import SMALL_TUNING, run_luigi, write_config
 from tests.support.s3server import SeaweedS3
 from tests.support.services import Service, free_port
+from tests.support.store import match, pattern
 
 MONTH = ("--year", "2021", "--month", "1")
 MODEL = model_name("green")
@@ -180,8 +184,11 @@ def test_s3_store_registers_the_same_model_as_a_local_run(first_run, pipeline, l
     objects = pipeline.objects()
     assert set(objects) == local_files and len(objects) == 20
     run_dir = pipeline.run_dir()
-    assert {"raw/green/green_tripdata_2021-02.parquet", "clean/v1/green/2021-01.parquet",
-            "features/v1/green/2021-01/train.npz", f"{run_dir}/booster.ubj", f"{run_dir}/report.md"} <= set(objects)
+    month = {"color": "green", "ym": "2021-01"}
+    for wanted in (layout.raw("green", 2021, 2)["data"], pattern(layout.CLEAN, **month),
+                   pattern(layout.FEATURES, **month, name="train.npz"), f"{run_dir}/booster.ubj",
+                   f"{run_dir}/report.md"):
+        assert fnmatch.filter(objects, wanted), wanted
     registration = json.loads(pipeline.read(f"{run_dir}/registration.json"))
     local_registration = json.loads((local_store / run_dir / "registration.json").read_text())
     assert registration["val_rmse"] == local_registration["val_rmse"]
@@ -190,7 +197,7 @@ def test_s3_store_registers_the_same_model_as_a_local_run(first_run, pipeline, l
 
 
 def test_source_is_read_from_the_s3_mirror(first_run, pipeline, tlc_dir):
-    raw = "raw/green/green_tripdata_2021-01.parquet"
+    raw = layout.raw("green", 2021, 1)["data"]
     assert pipeline.read(raw) == (tlc_dir / "green_tripdata_2021-01.parquet").read_bytes()
     meta = json.loads(pipeline.read(raw + ".json"))
     assert meta["source_url"] == f"{pipeline.source}/green_tripdata_2021-01.parquet" and meta["rows"] == 76_518
@@ -225,7 +232,8 @@ def test_second_run_executes_no_task(first_run, pipeline):
 
 
 def test_deleted_object_reruns_only_the_task_that_wrote_it(first_run, pipeline):
-    train_npz = "features/v1/green/2021-01/train.npz"
+    [train_npz] = fnmatch.filter(pipeline.objects(), pattern(layout.FEATURES, color="green", ym="2021-01",
+                                                              name="train.npz"))
     X_before, y_before = load_matrix(io.BytesIO(pipeline.read(train_npz)))
     pipeline.delete(train_npz)
     rebuilt = pipeline.run("BuildFeatures", *MONTH)
@@ -266,8 +274,10 @@ def test_missing_bucket_is_named(first_run, pipeline):
     config = pipeline.variant("no-bucket", {"store": "s3://no-such-bucket/store"})
     missing = pipeline.run("CleanMonth", "--year", "2023", "--month", "2", config=config)
     assert missing.returncode == 35, missing.stderr[-3000:]
-    assert (f"the bucket of s3://no-such-bucket/store/clean/v1/green/2023-02.json does not exist at S3 endpoint "
-            f"{pipeline.s3.endpoint}: create it") in missing.stderr
+    named = re.search(rf"the bucket of s3://no-such-bucket/store/(\S+) does not exist at S3 endpoint "
+                      rf"{re.escape(pipeline.s3.endpoint)}: create it", missing.stderr)
+    assert named and fnmatch.fnmatchcase(named[1], pattern(layout.CLEAN_STATS, color="green", ym="2023-02")), \
+        missing.stderr[-3000:]
     assert "no-such-bucket" not in {b["Name"] for b in pipeline.s3.client().list_buckets()["Buckets"]}
 
 
@@ -291,9 +301,9 @@ def test_store_down_fails_fast_naming_the_endpoint_and_a_rerun_completes(first_r
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert ran_tasks(resumed.stderr) == {"DownloadMonth(color=green, year=2023, month=1)",
                                          "CleanMonth(color=green, year=2023, month=1)"}
-    assert set(pipeline.objects()) - set(before) == {
-        "raw/green/green_tripdata_2023-01.parquet", "raw/green/green_tripdata_2023-01.parquet.json",
-        "clean/v1/green/2023-01.parquet", "clean/v1/green/2023-01.json"}
+    assert match(sorted(set(pipeline.objects()) - set(before)), [
+        pattern(template, color="green", ym="2023-01")
+        for template in (layout.RAW, layout.RAW_META, layout.CLEAN, layout.CLEAN_STATS)])
 
 
 def test_secret_key_appears_in_no_log_object_or_mlflow_record(first_run, pipeline, s3, mlflow_s3):

@@ -16,6 +16,7 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
+from taxi import layout
 from taxi.registry import model_name
 from tests.support.flaky_http import STALL, FlakyMirror
 from tests.support.http_proxy import CHAMPION_LOOKUP, Proxy
@@ -24,6 +25,7 @@ from tests.support.paths import ROOT
 from tests.support.runs import SMALL_TUNING, run_luigi, write_config
 from tests.support.s3server import SeaweedS3
 from tests.support.services import Service, free_port, luigid_service, mlflow_service
+from tests.support.store import pattern
 
 MODEL = model_name("green")
 HEADER = ["month", "version", "alias now", "decision", "val RMSE", "registered (UTC)", "report"]
@@ -72,7 +74,9 @@ def trained(tmp_path_factory, sampled_tlc, services) -> Trained:
     for month in ("5", "6", "6"):
         failed = run_luigi(workdir, central, "DownloadMonth", "--year", "2020", "--month", month)
         assert failed.returncode == 30, failed.stderr[-3000:]
-    records = {path.parts[-3]: path for path in (workdir / "store" / "runs" / "green").rglob("registration.json")}
+    store = workdir / "store"
+    records = {layout.run_month(str(path.relative_to(store))): path
+               for path in store.glob(pattern(layout.RUN, color="green", name=layout.REGISTRATION))}
     return Trained(workdir, mlflow, luigid, sections,
                    {month: json.loads(path.read_text()) for month, path in records.items()},
                    {month: path.parent / "report.md" for month, path in records.items()})
