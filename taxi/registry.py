@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 DECISION_TAG = "taxi.decision"  # on a model version: the decision made for it, written before the alias moves
+RMSE_TAG = "taxi.rmse"  # on a model version: the RMSE it was registered with (registered_rmse)
 
 class RegistryError(RuntimeError):
     """The registry answered with an error: nothing was decided, the alias did not move."""
@@ -56,6 +57,8 @@ def register(name: str, run_id: str, model_uri: str, val_rmse: float,
                 decision = Decision(CHAMPION if val_rmse < champion_rmse else CHALLENGER, champion, champion_rmse)
             # recorded before the alias moves, so that a rerun after a crash reports what this run compared with
             _call(f"record the decision on {name} v{version.version}", client.set_model_version_tag, name,
+                  version.version, RMSE_TAG, str(val_rmse))
+            _call(f"record the decision on {name} v{version.version}", client.set_model_version_tag, name,
                   version.version, DECISION_TAG, json.dumps(asdict(decision)))
         _call(f"set the {decision.alias} alias of {name}", client.set_registered_model_alias, name, decision.alias,
               version.version)
@@ -65,6 +68,12 @@ def register(name: str, run_id: str, model_uri: str, val_rmse: float,
     return {"name": name, "version": int(version.version), "run_id": run_id, "model_uri": model_uri,
             "val_rmse": val_rmse, "decision": decision.alias, "previous_champion_version": previous,
             "previous_champion_val_rmse": decision.previous_champion_val_rmse}
+
+
+def registered_rmse(name: str, version: int) -> float:
+    """The RMSE version `version` of `name` was registered with: what its live error is compared with."""
+    tags = _call(f"read {name} v{version}", MlflowClient().get_model_version, name, str(version)).tags
+    return float(tags[RMSE_TAG])
 
 
 def _call(what: str, method: Callable, *args):
