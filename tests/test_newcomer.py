@@ -77,7 +77,7 @@ def demo(tmp_path_factory, sampled_tlc) -> tuple[Path, subprocess.CompletedProce
         shutil.copyfile(sampled_tlc / f"green_tripdata_{month}.parquet", mirror / f"green_tripdata_{month}.parquet")
     config = configparser.ConfigParser(interpolation=None)
     config.read(checkout / "luigi.cfg")
-    config["TuneHyperparams"].update(SMALL_TUNING)
+    config["TuneHyperparams"] = SMALL_TUNING
     config["core"].update(private_lock(checkout.parent))
     with open(checkout / "luigi.cfg", "w") as f:
         config.write(f)

@@ -92,7 +92,7 @@ class Pipeline:
         return done.returncode, output
 
     def run_folder(self) -> Path:
-        return run_file(self.workdir / "store", layout.REGISTRATION).parent
+        return run_file(self.workdir / "store", "train.json").parent
 
 
 @pytest.fixture(scope="module")

@@ -26,10 +26,12 @@ import requests
 from aiosmtpd.controller import Controller
 from mlflow.tracking import MlflowClient
 
+from taxi import layout
 from taxi.registry import model_name
 from tests.support.paths import ROOT
 from tests.support.runs import SMALL_TUNING, run_luigi, write_config
 from tests.support.services import QuietHandler, Service, free_port, mlflow_service
+from tests.support.store import one_file
 
 MODEL = model_name("green")
 RETRY_COUNT = 2  # the test scheduler disables a task after two failures, retried one second apart
