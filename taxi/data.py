@@ -25,7 +25,9 @@ TLC_FILENAME = "{color}_tripdata_{ym}.parquet"  # the TLC's own file name of a m
 DATETIME_PREFIX = {"green": "lpep", "yellow": "tpep"}
 MIN_DURATION, MAX_DURATION = 1.0, 60.0
 KNOWN_ZONES = (1, 265)
-MAX_DROP_SHARE = 0.2  # cleaning warns when it drops more than this share of a month's rows
+PICKUP = "pickup_datetime"  # the cleaned trips' pickup time, whatever the colour's own column name
+TRIP_FIELDS = (PICKUP, "PULocationID", "DOLocationID", "trip_distance", "duration")  # what identifies a trip
+GATE_BUCKETS = 1_000_000
 CHUNK = 1 << 20
 
 
@@ -127,9 +129,9 @@ def dropped_share(rows_raw: int, rows_clean: int) -> float:
     return 1 - rows_clean / rows_raw if rows_raw else 1.0
 
 
-def clean_trips(df: pd.DataFrame, color: str, *, what: str = "month",
-                max_drop_share: float = MAX_DROP_SHARE) -> tuple[pd.DataFrame, CleanStats]:
-    """Duration in minutes kept in [1, 60], zone ids as strings and `PU_DO`; no rows left is an error."""
+def clean_trips(df: pd.DataFrame, color: str, *, what: str = "month") -> tuple[pd.DataFrame, CleanStats]:
+    """Duration in minutes kept in [1, 60], zone ids as strings, `PU_DO` and the pickup time; no rows left is an
+    error. Whether the month is plausible is taxi.checks' question."""
     missing = sorted(set(required_columns(color)) - set(df.columns))
     if missing:
         raise DataError(f"{what} lacks required column(s) {', '.join(missing)} for {color} trips")
@@ -151,7 +153,8 @@ def clean_trips(df: pd.DataFrame, color: str, *, what: str = "month",
     pu_ids, do_ids = (pd.Series(df[column].array.take(kept)) for column in ("PULocationID", "DOLocationID"))
     pu, do = zone_str(pu_ids), zone_str(do_ids)
     out = pd.DataFrame({"PULocationID": pu, "DOLocationID": do, "trip_distance": distance[kept],
-                        "duration": duration[kept], "PU_DO": pu_do(pu, do)})
+                        "duration": duration[kept], "PU_DO": pu_do(pu, do),
+                        PICKUP: pd.Series(pickup.array.take(kept))})
 
     unknown = int((~pu_ids.between(*KNOWN_ZONES)).sum() + (~do_ids.between(*KNOWN_ZONES)).sum())
     if unknown:
@@ -160,7 +163,11 @@ def clean_trips(df: pd.DataFrame, color: str, *, what: str = "month",
     if not len(out):
         raise DataError(f"{what}: no trips left after cleaning (of {len(df)} rows none has a duration in "
                         f"{MIN_DURATION:g}..{MAX_DURATION:g} min and a finite distance); the file is unusable")
-    if stats.dropped_share > max_drop_share:
-        log.warning("%s: cleaning dropped %.1f%% of %d rows (more than the %.0f%% allowed by "
-                    "[CleanMonth] max_drop_share)", what, 100 * stats.dropped_share, len(df), 100 * max_drop_share)
     return out, stats
+
+
+def gate_rows(trips: pd.DataFrame, share: float) -> np.ndarray:
+    """Which cleaned trips of a validation month are gate rows (True) rather than selection rows: decided by a
+    stable hash of each trip's own fields, so the same trips on every run and host, and no random state."""
+    digest = pd.util.hash_pandas_object(trips[list(TRIP_FIELDS)], index=False).to_numpy()
+    return digest % GATE_BUCKETS < round(share * GATE_BUCKETS)

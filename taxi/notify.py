@@ -1,5 +1,5 @@
-"""The optional webhook: a Slack-compatible JSON POST (`{"text": ...}`) on a failed task and on a new champion
-(pure: no luigi).
+"""The optional webhook: a Slack-compatible JSON POST (`{"text": ...}`) on a failed task and on every registered
+model, with its champion decision (pure: no luigi).
 
 The URL comes only from the environment variable TAXI_WEBHOOK_URL, because a Slack webhook URL is a secret (its
 path is the token): it is never logged, only its scheme and host. A failing webhook never fails the pipeline.
@@ -72,10 +72,8 @@ def failure_text(task: str, exc: BaseException) -> str:
     return f"taxi: {task} FAILED on {socket.gethostname()}: {type(exc).__name__}{first}"
 
 
-def champion_text(registration: dict, month: str, report: str) -> str:
-    """A new champion: model version, training month, validation RMSE, the champion it beat and the report."""
-    previous = registration["previous_champion_version"]
-    before = "none" if previous is None else f"v{previous} ({registration['previous_champion_val_rmse']:.4f} min)"
+def decision_text(registration: dict, month: str, report: str) -> str:
+    """A registered model: version, training month, gate RMSE, the decision and its reason, and the report."""
     where = report if "://" in report else os.path.abspath(report)
-    return (f"taxi: new champion {registration['name']} v{registration['version']}, trained on {month}: validation "
-            f"RMSE {registration['val_rmse']:.4f} min; champion before: {before}; report {where}")
+    return (f"taxi: {registration['name']} v{registration['version']}, trained on {month}, gate RMSE "
+            f"{registration['gate_rmse']:.4f} min: {registration['reason']}; report {where}")

@@ -1,79 +1,89 @@
-"""The model registry: registering a run's model and the champion/challenger decision (pure: no luigi)."""
+"""The model registry: registering a run's model and carrying out the champion decision (pure: no luigi)."""
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Callable
 
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from taxi.promotion import CHAMPION, Champion, Decision
 from taxi.tracking import local_registry_lock, runs_of_task
 from taxi.urls import redact
 
 log = logging.getLogger(__name__)
 
-CHAMPION, CHALLENGER = "champion", "challenger"
 DECISION_TAG = "taxi.decision"  # on a model version: the decision made for it, written before the alias moves
-RMSE_TAG = "taxi.rmse"  # on a model version: the RMSE it was registered with (registered_rmse)
+REASON_TAG = "taxi.reason"  # on a model version: the decision's reason, for a reader of the MLflow UI
+RMSE_TAG = "taxi.rmse"  # on a model version: the gate RMSE it was registered with (registered_rmse)
+MONTH_TAG = "train.month"  # on a training run: its training month (tracking.lineage_tags)
+
+Decide = Callable[[Champion | None], Decision]
+
 
 class RegistryError(RuntimeError):
     """The registry answered with an error: nothing was decided, the alias did not move."""
-
-
-@dataclass(frozen=True)
-class Decision:
-    """Where a version's alias goes, and the champion it was compared with (None: there was none)."""
-
-    alias: str
-    previous_champion_version: int | None
-    previous_champion_val_rmse: float | None
 
 
 def model_name(color: str) -> str:
     return f"taxi-duration-{color}"
 
 
-def register(name: str, run_id: str, model_uri: str, val_rmse: float,
-             score_version: Callable[[str], float]) -> dict:
-    """Register the run's model (once per run), make it champion if it beats the current champion, else challenger.
+def register(name: str, run_id: str, model_uri: str, gate_rmse: float, score_version: Callable[[str], float],
+             decide: Decide, accept_drift: bool) -> tuple[int, Decision]:
+    """Register the run's model (once per run) and carry out `decide(the champion now)`: record the decision and
+    its reason on the version, then move the alias it names (if any). Returns (version, decision).
 
-    `score_version(models_uri)` scores a registered version on this model's validation month. Only "no such
-    model" or "no champion alias" means there is no champion; any other registry error raises RegistryError
-    before the alias moves."""
+    `score_version(models_uri)` scores the champion on this model's gate rows. Only "no such model" or "no champion
+    alias" means there is no champion; any other registry error raises RegistryError before the alias moves."""
     client = MlflowClient()
     with local_registry_lock(mlflow.get_tracking_uri()):
-        champion = _champion_version(client, name)
+        champion_version = _champion_version(client, name)
         version = _version_of_run(client, name, run_id) or _create_version(client, name, run_id, model_uri)
-        decision = _recorded_decision(version, champion)
+        decision = _recorded_decision(version, champion_version, accept_drift)
         if decision is None:
-            if champion is None:
-                decision = Decision(CHAMPION, None, None)
-            else:
-                champion_rmse = score_version(f"models:/{name}/{champion}")
-                decision = Decision(CHAMPION if val_rmse < champion_rmse else CHALLENGER, champion, champion_rmse)
+            champion = None if champion_version is None else Champion(
+                champion_version, _month_of(client, name, champion_version),
+                score_version(f"models:/{name}/{champion_version}"))
+            decision = decide(champion)
             # recorded before the alias moves, so that a rerun after a crash reports what this run compared with
-            _call(f"record the decision on {name} v{version.version}", client.set_model_version_tag, name,
-                  version.version, RMSE_TAG, str(val_rmse))
-            _call(f"record the decision on {name} v{version.version}", client.set_model_version_tag, name,
-                  version.version, DECISION_TAG, json.dumps(asdict(decision)))
-        _call(f"set the {decision.alias} alias of {name}", client.set_registered_model_alias, name, decision.alias,
-              version.version)
-    previous = decision.previous_champion_version
-    log.info("%s version %s is now %s (val_rmse %.4f, champion before: %s)", name, version.version, decision.alias,
-             val_rmse, "none" if previous is None else f"v{previous} {decision.previous_champion_val_rmse:.4f}")
-    return {"name": name, "version": int(version.version), "run_id": run_id, "model_uri": model_uri,
-            "val_rmse": val_rmse, "decision": decision.alias, "previous_champion_version": previous,
-            "previous_champion_val_rmse": decision.previous_champion_val_rmse}
+            for tag, value in ((RMSE_TAG, str(gate_rmse)), (REASON_TAG, decision.reason),
+                               (DECISION_TAG, json.dumps({**asdict(decision), "accept_drift": accept_drift}))):
+                _call(f"record the decision on {name} v{version.version}", client.set_model_version_tag, name,
+                      version.version, tag, value)
+        if decision.alias:
+            _call(f"set the {decision.alias} alias of {name}", client.set_registered_model_alias, name,
+                  decision.alias, version.version)
+    log.info("%s version %s: %s", name, version.version, decision.reason)
+    return int(version.version), decision
 
 
 def registered_rmse(name: str, version: int) -> float:
-    """The RMSE version `version` of `name` was registered with: what its live error is compared with."""
+    """The gate RMSE version `version` of `name` was registered with: what its live error is compared with."""
     tags = _call(f"read {name} v{version}", MlflowClient().get_model_version, name, str(version)).tags
     return float(tags[RMSE_TAG])
+
+
+def reference_month(name: str) -> str | None:
+    """The training month a new model's data is compared with: the champion's, else the newest registered
+    version's; None when `name` has no version."""
+    client = MlflowClient()
+    champion = _champion_version(client, name, create=False, outcome="nothing was registered")
+    if champion is not None:
+        return _month_of(client, name, champion)
+    versions = _call(f"search the versions of {name}", client.search_model_versions, f"name='{name}'")
+    newest = max(versions, key=lambda v: int(v.version), default=None)
+    return None if newest is None else _month_of(client, name, int(newest.version))
+
+
+def _month_of(client: MlflowClient, name: str, version: int) -> str:
+    """The training month of a registered version, from its training run's lineage tags."""
+    run_id = _call(f"read {name} v{version}", client.get_model_version, name, str(version)).run_id
+    return _call(f"read the run of {name} v{version}", client.get_run, run_id).data.tags[MONTH_TAG]
 
 
 def _call(what: str, method: Callable, *args):
@@ -137,14 +147,17 @@ def _champion_version(client: MlflowClient, name: str, create: bool = True,
     return None if version is None else int(version)
 
 
-def _recorded_decision(version, champion: int | None) -> Decision | None:
-    """The decision an earlier attempt recorded for this version, if the champion is still the one it compared with
-    (or is this version): then the rerun finishes that decision instead of comparing the model with itself."""
+def _recorded_decision(version, champion: int | None, accept_drift: bool) -> Decision | None:
+    """The decision an earlier attempt recorded for this version, if it was made on the same terms (the champion
+    is still the one it compared with, or is this version; drift accepted or not alike): then the rerun finishes
+    that decision instead of comparing the model with itself."""
     recorded = version.tags.get(DECISION_TAG)
     if recorded is None:
         return None
-    decision = Decision(**json.loads(recorded))
-    return decision if champion in (decision.previous_champion_version, int(version.version)) else None
+    terms = json.loads(recorded)
+    decision = Decision(**{key: value for key, value in terms.items() if key != "accept_drift"})
+    same_champion = champion in (decision.previous_champion_version, int(version.version))
+    return decision if same_champion and terms.get("accept_drift") == accept_drift else None
 
 
 def registered_run_of_task(experiment: str, name: str, task_id: str) -> tuple[str, str] | None:

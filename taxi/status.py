@@ -22,13 +22,14 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from taxi import config, data, layout, registry, storage, tracking
+from taxi.promotion import CHALLENGER, CHAMPION
 from taxi.urls import redact
 
 log = logging.getLogger("taxi.status")  # not __name__: that is "__main__" under python -m
 
 MISSING = "missing"  # the alias column of a registration whose version this registry does not have
 SCHEDULER_STATUSES = ("RUNNING", "FAILED", "DISABLED")  # DISABLED: failed too often, see config/luigid.cfg
-COLUMNS = ("month", "version", "alias now", "decision", "val RMSE", "registered (UTC)", "report")
+COLUMNS = ("month", "version", "alias now", "decision", "gate RMSE", "registered (UTC)", "report", "reason")
 
 
 @dataclass(frozen=True)
@@ -48,9 +49,10 @@ class Row:
     version: int
     alias: str  # champion, challenger, none, or MISSING
     decision: str  # when it was registered
-    val_rmse: float
+    gate_rmse: float
     registered: dt.datetime | None
     report: str
+    reason: str
 
 
 def registry_versions(name: str) -> dict[int, Version]:
@@ -79,17 +81,17 @@ def make_row(store: str, folder: str, registration: dict, versions: dict[int, Ve
     if version is not None and version.run_id != registration["run_id"]:
         version = None  # the same number in another registry
     alias = MISSING if version is None else next(
-        (a for a in (registry.CHAMPION, registry.CHALLENGER) if a in version.aliases), "none")
+        (a for a in (CHAMPION, CHALLENGER) if a in version.aliases), "none")
     return Row(month=layout.run_month(folder), version=registration["version"], alias=alias,
-               decision=registration["decision"], val_rmse=registration["val_rmse"],
+               decision=registration["decision"], gate_rmse=registration["gate_rmse"],
                registered=None if version is None else version.created,
-               report=storage.target(store, posixpath.join(folder, layout.REPORT)).path)
+               report=storage.target(store, posixpath.join(folder, layout.REPORT)).path, reason=registration["reason"])
 
 
 def table(rows: list[Row]) -> str:
     """The rows as aligned plain-text columns under a header, by month and version."""
-    cells = [COLUMNS] + [(r.month, f"v{r.version}", r.alias, r.decision, f"{r.val_rmse:.4f}",
-                          r.registered.strftime("%Y-%m-%d %H:%M:%S") if r.registered else "-", r.report)
+    cells = [COLUMNS] + [(r.month, f"v{r.version}", r.alias, r.decision, f"{r.gate_rmse:.4f}",
+                          r.registered.strftime("%Y-%m-%d %H:%M:%S") if r.registered else "-", r.report, r.reason)
                          for r in sorted(rows, key=lambda r: (r.month, r.version))]
     widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS) - 1)]
     return "\n".join("  ".join([*(cell.ljust(w) for cell, w in zip(line, widths)), line[-1]]) for line in cells)

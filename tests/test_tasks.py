@@ -70,16 +70,19 @@ def test_truncated_cached_parquet_is_not_complete_and_is_rebuilt(luigi_config):
     assert open(path, "rb").read() == whole
 
 
-def test_build_features_matches_dictvectorizer(luigi_config, tlc_dir):
+def test_build_features_matches_dictvectorizer_on_the_selection_rows(luigi_config, tlc_dir):
+    """The course's matrices, the validation month's restricted to its selection rows (the gate rows are left out)."""
     task = tasks.BuildFeatures(year=2021, month=1)
     build(task)
     vectorizer, X_train, y_train, X_valid, y_valid = tasks.load_features(task.output())
     train = course_read_dataframe(str(tlc_dir / "green_tripdata_2021-01.parquet"))
     valid = course_read_dataframe(str(tlc_dir / "green_tripdata_2021-02.parquet"))
     course_dv, course_train, course_valid = course_features(train, valid)
+    selection = ~data.gate_rows(pd.read_parquet(task.input()["valid"]["data"].path), task.gate_share)
+    assert 0.45 < selection.mean() < 0.55
     assert vectorizer.feature_names_ == course_dv.feature_names_
-    assert (X_train != course_train).nnz == 0 and (X_valid != course_valid).nnz == 0
-    np.testing.assert_array_equal(y_valid, valid["duration"].to_numpy())
+    assert (X_train != course_train).nnz == 0 and (X_valid != course_valid[selection]).nnz == 0
+    np.testing.assert_array_equal(y_valid, valid["duration"].to_numpy()[selection])
 
 
 def test_tune_hyperparams_logs_each_trial_and_is_deterministic(luigi_config, tmp_path):
@@ -124,9 +127,9 @@ def test_train_and_register_records_lineage_and_the_report_and_rebuilds_a_delete
     assert len(run.data.tags["train.sha256"]) == 64
     artifacts = {a.path for a in MlflowClient().list_artifacts(trained["run_id"], "report")}
     assert artifacts == {f"report/{name}" for name in ("report.md", "predicted_vs_actual.png", "residuals.png",
-                                                      "feature_importance.png", "tuning.png")}
+                                                      "feature_importance.png", "tuning.png", "drift.png")}
     report = open(first.output()["report.md"].path).read()
-    assert f"v1: champion" in report and "| 2021-01 |" in report and f"{reg['val_rmse']:.4f}" in report
+    assert f"v1: champion" in report and "| 2021-01 |" in report and f"{reg['gate_rmse']:.4f}" in report
     assert open(first.output()["residuals.png"].path, "rb").read(4) == b"\x89PNG"
 
     # a report input deleted after training is rebuilt; the model is neither retrained nor registered again
@@ -165,3 +168,32 @@ def test_training_rerun_marks_what_a_killed_attempt_left_in_mlflow_killed(luigi_
                       others[1]: "RUNNING"}
     trained = storage.read_json(task.output()["run"])
     assert client.get_run(trained["run_id"]).info.status == "FINISHED"
+
+
+def test_a_finished_month_runs_again_after_an_upstream_change_and_not_after_an_unrelated_one(luigi_config,
+                                                                                            sampled_tlc, monkeypatch):
+    """gokart's cache key: bumping the features version, or changing the gate share or a data check's setting, gives
+    the month's features, tuning and model new paths (so they run again); threads, retries and the decision's thresholds do not."""
+    config = luigi.configuration.get_config()
+    config.set("taxi", "source", str(sampled_tlc))
+    build(tasks.RegisterModel(year=2021, month=1))
+
+    def done() -> dict[str, bool]:
+        return {family: getattr(tasks, family)(year=2021, month=1).complete()
+                for family in ("CleanMonth", "BuildFeatures", "TuneHyperparams", "RegisterModel")}
+
+    assert all(done().values())
+    for section, key, value in (("taxi", "threads", "1"), ("taxi", "download_retries", "1"),
+                                ("RegisterModel", "min_improvement", "0.2")):
+        config.set(section, key, value)
+        assert all(done().values()), (section, key)
+        config.remove_option(section, key)
+    for section, key, value, still_done in (("BuildFeatures", "gate_share", "0.4", {"CleanMonth"}),
+                                            ("CleanMonth", "max_distance", "90", set())):
+        config.set(section, key, value)
+        assert {family for family, complete in done().items() if complete} == still_done, (section, key)
+        config.remove_option(section, key)
+    assert all(done().values())
+    for task in (tasks.CleanMonth, tasks.BuildFeatures):
+        monkeypatch.setattr(task, "version", "v-bumped")
+    assert not any(done().values())

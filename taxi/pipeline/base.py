@@ -3,6 +3,8 @@ tagged with the task, and the handlers every task's events go to."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -34,6 +36,7 @@ class MonthTask(luigi.Task):
     year = luigi.IntParameter()
     month = luigi.IntParameter()
     needs_next_month = False
+    version = ""  # the version of the code that makes this task's targets (layout.FEATURES_VERSION, ...)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -43,6 +46,15 @@ class MonthTask(luigi.Task):
     @property
     def ym(self) -> str:
         return data.ym(self.year, self.month)
+
+    @property
+    def cache_key(self) -> str:
+        """What this task's targets are made from, as gokart keys its cache: a hash of its own parameters (Luigi's
+        task id), its code version and the cache keys of every task it requires, after the version when it has one.
+        Changing a setting anywhere upstream changes the keys, so the paths, of everything downstream."""
+        upstream = sorted(task.cache_key for task in luigi.task.flatten(self.requires()))
+        digest = hashlib.sha256(json.dumps([self.task_id, self.version, upstream]).encode()).hexdigest()[:10]
+        return f"{self.version}-{digest}" if self.version else digest
 
     def target(self, relpath: str) -> luigi.Target:
         return storage.target(TaxiConfig().store, relpath)

@@ -4,16 +4,40 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import asdict, dataclass
 
 import luigi
+import numpy as np
+import pandas as pd
 
-from taxi import layout, notify, storage
+from taxi import data, layout, metrics, notify, storage
 from taxi.config import MlflowConfig, TaxiConfig
+from taxi.drift import DriftSettings, Measure
 from taxi.pipeline.base import TrainingTask
-from taxi.pipeline.prepare import BuildFeatures, load_features
+from taxi.pipeline.prepare import BuildFeatures, CleanMonth, load_features
+from taxi.promotion import HELD, Policy
 from taxi.tuning import DEFAULTS, SPACES, TuningSettings
 
 log = logging.getLogger(__name__)
+
+POLICY, DRIFT = Policy(), DriftSettings()
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What a champion decision and its report rest on: the gate rows and the model's predictions on them, the
+    training month and the reference month it is compared with, and the drift between them."""
+
+    gate: pd.DataFrame
+    predicted: np.ndarray
+    month: pd.DataFrame
+    reference: pd.DataFrame | None
+    reference_month: str | None
+    drift: list[Measure]
+
+    @property
+    def gate_rmse(self) -> float:
+        return metrics.rmse(self.gate["duration"], self.predicted)
 
 
 class TuneHyperparams(TrainingTask):
@@ -56,11 +80,6 @@ class TuneHyperparams(TrainingTask):
             no_progress_evals=self.no_progress_evals, startup_evals=self.startup_evals, sample_rows=self.sample_rows,
             prune_tolerance=self.prune_tolerance, prune_after_rounds=self.prune_after_rounds, seed=self.seed)
 
-    @property
-    def cache_key(self) -> str:
-        """Luigi's own hash of every parameter: downstream paths carry it so new settings never reuse a model."""
-        return self.task_id.rsplit("_", 1)[-1]
-
     def requires(self):
         return BuildFeatures(color=self.color, year=self.year, month=self.month)
 
@@ -80,19 +99,21 @@ class TuneHyperparams(TrainingTask):
         log.info("tuning %s %s: %s", self.color, self.ym, warm["note"])
         with self.mlflow_run("tuning"):
             mlflow.log_params({**vars(self.settings()), "warm_start_version": warm["version"]})
-            result = tuning.tune(X_train, y_train, X_valid, y_valid, self.settings(), on_trial=self._report,
+            result = tuning.tune(X_train, y_train, X_valid, y_valid, self.settings(), on_trial=self._progress,
                                  trial_tags={tracking.TASK_TAG: self.task_id}, warm_start=warm["point"],
                                  course_reference=self.course_reference)
         storage.write_json({**result, "warm_start": warm, "seed": self.seed,
                             "seconds": round(time.monotonic() - started, 3)}, self.output())
 
-    def _report(self, done: int, total: int, best_rmse: float) -> None:
+    def _progress(self, done: int, total: int, best_rmse: float) -> None:
         self.set_progress_percentage(round(100 * done / total))
         self.set_status_message(f"trial {done} of {total}, best validation RMSE so far {best_rmse:.4f}")
 
 
 class TrainModel(TrainingTask):
     """The final booster on all training rows with the best parameters, logged to MLflow as one run."""
+
+    version = layout.MODEL_VERSION
 
     def requires(self):
         return {"features": BuildFeatures(color=self.color, year=self.year, month=self.month),
@@ -101,8 +122,7 @@ class TrainModel(TrainingTask):
 
     def run_files(self) -> dict[str, str]:
         """The run folder's files: the model, its report and its registration record."""
-        key = f"{layout.MODEL_VERSION}-{self.requires()['params'].cache_key}"
-        return layout.run(self.color, self.year, self.month, key)
+        return layout.run(self.color, self.year, self.month, self.cache_key)
 
     def output(self):
         files = self.run_files()
@@ -124,11 +144,37 @@ class TrainModel(TrainingTask):
 
 
 class RegisterModel(TrainingTask):
-    """Registers the trained model; champion if it beats the current champion on the same month, else challenger."""
+    """Registers the trained model and decides on the champion alias from evidence no step before saw: the gate
+    rows of the validation month, the thresholds, the month's drift from the champion's month and the months' order
+    (taxi.promotion). `--accept-drift true` promotes a month held for drift, on purpose, recorded as such."""
 
     # the champion decision reads the alias, scores, then moves it: one registration at a time per scheduler
     # (luigi.cfg and config/luigid.cfg set [resources] mlflow_registry = 1)
     resources = {"mlflow_registry": 1}
+    min_improvement = luigi.FloatParameter(default=POLICY.min_improvement, description="relative improvement over "
+                                           "the champion's gate RMSE before the alias moves")
+    max_rmse = luigi.FloatParameter(default=POLICY.max_rmse, description="gate RMSE (minutes) above which a model "
+                                    "is registered but never champion")
+    accept_drift = luigi.BoolParameter(default=POLICY.accept_drift, parsing=luigi.BoolParameter.EXPLICIT_PARSING,
+                                       description="promote a month whose data drifted, on purpose")
+    max_zone_distance = luigi.FloatParameter(default=DRIFT.max_zone_distance, description="L-infinity distance of "
+                                             "zone frequencies above which a month is held")
+    max_numeric_distance = luigi.FloatParameter(default=DRIFT.max_numeric_distance, description="Jensen-Shannon "
+                                                "distance of distance and duration above which a month is held")
+    min_rows_ratio = luigi.FloatParameter(default=DRIFT.min_rows_ratio, description="rows as a share of the "
+                                          "reference month's below which a month is held")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.policy().validate()
+        self.drift_settings().validate()
+
+    def policy(self) -> Policy:
+        return Policy(min_improvement=self.min_improvement, max_rmse=self.max_rmse, accept_drift=self.accept_drift)
+
+    def drift_settings(self) -> DriftSettings:
+        return DriftSettings(max_zone_distance=self.max_zone_distance, max_numeric_distance=self.max_numeric_distance,
+                             min_rows_ratio=self.min_rows_ratio)
 
     def requires(self):
         """The model, and every input its report reads (so a deleted one is rebuilt, not a crash)."""
@@ -140,33 +186,41 @@ class RegisterModel(TrainingTask):
         return {name: self.target(files[name]) for name in (layout.REGISTRATION, *layout.REPORT_FILES)}
 
     def complete(self) -> bool:
-        """Done when every output exists and the registration was made in the registry configured now: pointed at
-        another registry, the same store registers the month there too."""
+        """Done when every output exists and the registration was made in the registry configured now (pointed at
+        another registry, the same store registers the month there too), unless the month was held for drift and
+        this run accepts the drift."""
         outputs = self.output()
         if not all(target.exists() for target in outputs.values()):
             return False
-        return storage.read_json(outputs[layout.REGISTRATION]).get("tracking_uri") == MlflowConfig().identity()
+        recorded = storage.read_json(outputs[layout.REGISTRATION])
+        held = recorded["decision"] == HELD and self.accept_drift
+        return recorded.get("tracking_uri") == MlflowConfig().identity() and not held
 
     def run(self):
-        from taxi import registry, scoring, tracking
+        from taxi import registry, tracking
 
         started = time.monotonic()
         tracking_uri = self.connect_tracking()
+        reference = self._reference(registry.reference_month(registry.model_name(self.color)))
+        if reference is not None:
+            yield reference  # the reference month cleaned in this store, if it is not yet (a dynamic dependency)
         trained = self._logged_here(storage.read_json(self.input()["model"]["run"]), tracking_uri)
-        valid = storage.read_parquet(self.input()["clean"]["valid"]["data"])
-        registration = registry.register(registry.model_name(self.color), trained["run_id"], trained["model_uri"],
-                                         trained["val_rmse"], lambda uri: scoring.version_rmse(uri, valid))
-        registration["tracking_uri"] = tracking_uri
-        url = tracking.version_url(registration["name"], registration["version"])
-        if url:
-            self.set_tracking_url(url)
-        files = self._report(trained, registration, started)
+        evidence = self._evidence(trained, reference)
+        registration = self._register(trained, evidence, tracking_uri)
+        files = self._report(trained, registration, evidence, started)
         for name, content in files.items():
             storage.write_bytes(content, self.output()[name])
         tracking.log_files(registration["run_id"], files, "report")
         storage.write_json(registration, self.output()[layout.REGISTRATION])
-        if registration["decision"] == registry.CHAMPION:
-            notify.post(notify.champion_text(registration, self.ym, self.output()[layout.REPORT].path))
+        notify.post(notify.decision_text(registration, self.ym, self.output()[layout.REPORT].path))
+
+    def _reference(self, month: str | None) -> CleanMonth | None:
+        """The cleaned month this month's drift is measured from: the reference month (registry.reference_month),
+        when it is before this one."""
+        if month is None or month >= self.ym:
+            return None
+        year, number = map(int, month.split("-"))
+        return CleanMonth(color=self.color, year=year, month=number)
 
     def _logged_here(self, trained: dict, tracking_uri: str) -> dict:
         """train.json's record of the model in this registry. TrainModel may have logged it in another (the store
@@ -192,13 +246,45 @@ class RegisterModel(TrainingTask):
                                          {key: trained[key] for key in ("train_rmse", "val_rmse")})
         return {**trained, "run_id": run.info.run_id, "model_uri": model_uri, "tracking_uri": tracking_uri}
 
-    def _report(self, trained: dict, registration: dict, started: float) -> dict[str, bytes]:
-        """The report's files, from this run's records, the validation month and the stored booster."""
+    def _evidence(self, trained: dict, reference: CleanMonth | None) -> Evidence:
+        """The gate rows with the model's predictions on them, and the drift from the reference month."""
+        from taxi import drift, scoring
+
+        valid = storage.read_parquet(self.input()["clean"]["valid"]["data"])
+        gate = valid[data.gate_rows(valid, self.requires()["features"].gate_share)]
+        month = storage.read_parquet(self.input()["clean"]["train"]["data"])
+        before = None if reference is None else storage.read_parquet(reference.output()["data"])
+        measures = [] if before is None else drift.compare(month, before, self.drift_settings())
+        return Evidence(gate, scoring.predict(trained["model_uri"], gate), month, before,
+                        None if reference is None else reference.ym, measures)
+
+    def _register(self, trained: dict, evidence: Evidence, tracking_uri: str) -> dict:
+        """Register the model, carry out the decision, and return registration.json's record."""
+        from taxi import promotion, registry, scoring, tracking
+
+        name = registry.model_name(self.color)
+        drifted = [measure.text() for measure in evidence.drift if measure.over]
+        version, decision = registry.register(
+            name, trained["run_id"], trained["model_uri"], evidence.gate_rmse,
+            lambda uri: scoring.version_rmse(uri, evidence.gate),
+            lambda champion: promotion.decide(self.ym, evidence.gate_rmse, champion, drifted, self.policy()),
+            self.accept_drift)
+        url = tracking.version_url(name, version)
+        if url:
+            self.set_tracking_url(url)
+        return {"name": name, "version": version, "run_id": trained["run_id"], "model_uri": trained["model_uri"],
+                "tracking_uri": tracking_uri, "month": self.ym, "val_rmse": trained["val_rmse"],
+                "gate_rmse": evidence.gate_rmse, "gate_rows": len(evidence.gate), **asdict(decision),
+                "accept_drift": self.accept_drift, "reference_month": evidence.reference_month,
+                "drift": [{**asdict(measure), "over": measure.over} for measure in evidence.drift]}
+
+    def _report(self, trained: dict, registration: dict, evidence: Evidence, started: float) -> dict[str, bytes]:
+        """The report's files, from this run's records, the gate rows and the stored booster."""
         from taxi import report, serving, training
 
         inputs = self.input()
-        vectorizer, _, _, X_valid, y_valid = load_features(inputs["features"])
         booster = storage.read(inputs["model"]["booster"], serving.load_booster)
+        importances = training.feature_importances(booster, storage.read_pickle(inputs["features"]["vectorizer"]))
         return report.build(self.color, registration, trained, storage.read_json(inputs["params"]),
-                            self.clean_stats(), y_valid, serving.predict(booster, X_valid),
-                            training.feature_importances(booster, vectorizer), time.monotonic() - started)
+                            self.clean_stats(), evidence.gate["duration"].to_numpy(), evidence.predicted,
+                            importances, (evidence.month, evidence.reference), time.monotonic() - started)

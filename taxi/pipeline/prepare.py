@@ -10,10 +10,13 @@ import time
 import luigi
 from tqdm import tqdm
 
-from taxi import data, layout, source, storage
+from taxi import checks, data, layout, source, storage
+from taxi.checks import CheckSettings
 from taxi.config import TaxiConfig
 from taxi.pipeline.base import MonthTask, TrainingTask
 from taxi.urls import redact
+
+CHECKS = CheckSettings()
 
 
 class DownloadMonth(MonthTask):
@@ -63,16 +66,32 @@ class DownloadMonth(MonthTask):
 
 
 class CleanMonth(MonthTask):
-    """Cleaned trips of one month (duration 1..60 min, string zone ids, PU_DO) and cleaning stats."""
+    """Cleaned trips of one month (duration 1..60 min, string zone ids, PU_DO, pickup time) that passed the data
+    checks (taxi.checks), and the cleaning stats with each check's failing share. A month that fails a check stops
+    here: nothing is written and nothing downstream runs."""
 
-    max_drop_share = luigi.FloatParameter(default=data.MAX_DROP_SHARE, significant=False,
-                                          description="warn when cleaning drops more than this share of rows")
+    version = layout.FEATURES_VERSION
+    max_failing_share = luigi.FloatParameter(default=CHECKS.max_failing_share,
+                                             description="a check fails when more than this share of rows fail it")
+    max_drop_share = luigi.FloatParameter(default=CHECKS.max_drop_share,
+                                          description="fail when cleaning drops more than this share of rows")
+    max_distance = luigi.FloatParameter(default=CHECKS.max_distance, description="the longest plausible trip, miles")
+    pickup_slack_days = luigi.FloatParameter(default=CHECKS.pickup_slack_days,
+                                             description="pickups this long outside the month still count as in it")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.check_settings().validate()
+
+    def check_settings(self) -> CheckSettings:
+        return CheckSettings(max_failing_share=self.max_failing_share, max_drop_share=self.max_drop_share,
+                             max_distance=self.max_distance, pickup_slack_days=self.pickup_slack_days)
 
     def requires(self):
         return DownloadMonth(color=self.color, year=self.year, month=self.month)
 
     def output(self):
-        return self.targets(layout.clean(self.color, self.year, self.month, layout.FEATURES_VERSION))
+        return self.targets(layout.clean(self.color, self.year, self.month, self.cache_key))
 
     def complete(self) -> bool:
         out = self.output()
@@ -83,27 +102,41 @@ class CleanMonth(MonthTask):
         raw = self.input()["data"]
         with storage.local_copy(raw) as path:
             trips = data.read_trips(path, self.color)
-        cleaned, stats = data.clean_trips(trips, self.color, what=f"{self.color} {self.ym} ({raw.path})",
-                                          max_drop_share=self.max_drop_share)
+        what = f"{self.color} {self.ym} ({raw.path})"
+        cleaned, stats = data.clean_trips(trips, self.color, what=what)
+        findings = checks.check_month(cleaned, stats, self.year, self.month, self.check_settings(), what)
         storage.write_parquet(cleaned, self.output()["data"])
         storage.write_json({**storage.read_json(self.input()["meta"]), **stats.record(),
+                            "checks": {finding.check: finding.share for finding in findings},
                             "clean_seconds": round(time.monotonic() - started, 3)}, self.output()["stats"])
 
 
 class BuildFeatures(TrainingTask):
-    """The fitted DictVectorizer and the train/validation matrices with their targets."""
+    """The fitted DictVectorizer, the training matrix and the validation month's selection rows as a matrix (its
+    gate rows, taxi.data.gate_rows, are left for RegisterModel: no tuning or training step reads them)."""
+
+    version = layout.FEATURES_VERSION
+    gate_share = luigi.FloatParameter(default=0.5, description="the share of the validation month's trips kept "
+                                                               "for the champion decision")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not 0 < self.gate_share < 1:
+            raise ValueError(f"[BuildFeatures] gate_share must be above 0 and below 1, got {self.gate_share}")
 
     def requires(self):
         return self.clean_months()
 
     def output(self):
-        return self.targets(layout.features(self.color, self.year, self.month, layout.FEATURES_VERSION))
+        return self.targets(layout.features(self.color, self.year, self.month, self.cache_key))
 
     def run(self):
         from taxi import features
 
         columns = [features.CATEGORICAL, features.NUMERICAL, features.TARGET]
-        months = {key: storage.read_parquet(self.input()[key]["data"], columns) for key in ("train", "valid")}
+        train = storage.read_parquet(self.input()["train"]["data"], columns)
+        valid = storage.read_parquet(self.input()["valid"]["data"], list(dict.fromkeys(columns + [*data.TRIP_FIELDS])))
+        months = {"train": train, "valid": valid[~data.gate_rows(valid, self.gate_share)]}
         vectorizer = features.fit_vectorizer(months["train"])
         for key, df in months.items():
             with storage.open_for_write(self.output()[key]) as f:
