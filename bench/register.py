@@ -37,11 +37,13 @@ LUIGI = Path(sys.executable).with_name("luigi")
 TRAIN_MONTH = speed.TRAIN_MONTH  # the synthetic months are named for it and the month after
 
 
-def run_luigi(workdir: Path, config: Path, log_name: str) -> tuple[float, float]:
+def run_luigi(workdir: Path, config: Path, log_name: str,
+              month: tuple[int, int] = TRAIN_MONTH) -> tuple[float, float]:
     """`luigi --module taxi.tasks RegisterModel` for the training month as an operator runs it;
     (wall seconds, peak RSS MB)."""
-    command = [str(LUIGI), "--module", "taxi.tasks", "RegisterModel", "--year", str(TRAIN_MONTH[0]),
-               "--month", str(TRAIN_MONTH[1])]
+    # --no-lock: each run has a scratch store of its own, and the same command may run elsewhere on this machine
+    command = [str(LUIGI), "--module", "taxi.tasks", "RegisterModel", "--year", str(month[0]),
+               "--month", str(month[1]), "--no-lock"]
     with open(workdir / log_name, "w") as out:
         started = time.perf_counter()
         process = subprocess.Popen(command, cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
@@ -75,11 +77,11 @@ def write_config(workdir: Path, source_dir: Path, tuning: dict[str, str]) -> Pat
     return config
 
 
-def finished_run(workdir: Path, config: Path) -> tasks.RegisterModel:
+def finished_run(workdir: Path, config: Path, month: tuple[int, int] = TRAIN_MONTH) -> tasks.RegisterModel:
     """The RegisterModel the command line ran, configured as it was, so its targets name the files it wrote."""
     for path in (workdir / "luigi.cfg", config):
         luigi.configuration.add_config_path(str(path))
-    return tasks.RegisterModel(year=TRAIN_MONTH[0], month=TRAIN_MONTH[1])
+    return tasks.RegisterModel(year=month[0], month=month[1])
 
 
 def course_params_rmse(run: tasks.RegisterModel, rounds: int) -> tuple[float, float]:

@@ -105,7 +105,7 @@ def test_missing_columns_are_named():
 def test_nonfinite_distances_are_dropped_and_counted(caplog):
     df = trips(["2021-01-01 10:00"] * 4, ["2021-01-01 10:20"] * 4, distance=(1.5, np.nan, np.inf, 2.0))
     with caplog.at_level(logging.WARNING):
-        cleaned, stats = data.clean_trips(df, "green", max_drop_share=0.9)
+        cleaned, stats = data.clean_trips(df, "green")
     assert cleaned["trip_distance"].tolist() == [1.5, 2.0]
     assert stats.dropped_nonfinite_distance == 2
     assert "2 trips with a missing or infinite trip_distance" in caplog.text
@@ -119,12 +119,12 @@ def test_unknown_zones_warn_and_are_kept(caplog):
     assert "zone ids outside 1..265" in caplog.text
 
 
-def test_large_drop_share_warns(caplog):
-    df = trips(["2021-01-01 10:00"] * 4, ["2021-01-01 10:20"] + ["2021-01-01 12:00"] * 3)
-    with caplog.at_level(logging.WARNING):
-        _, stats = data.clean_trips(df, "green", max_drop_share=0.5)
-    assert stats.dropped_share == 0.75
-    assert "cleaning dropped 75.0% of 4 rows" in caplog.text
+def test_cleaning_keeps_each_trips_pickup_time_beside_its_fields():
+    df = trips(["2021-01-01 10:00", "2021-01-01 11:00", "2021-01-02 09:30"],
+               ["2021-01-01 10:20", "2021-01-01 13:00", "2021-01-02 09:45"], distance=(1.5, 2.0, 3.0))
+    cleaned, stats = data.clean_trips(df, "green")
+    assert cleaned[data.PICKUP].tolist() == [pd.Timestamp("2021-01-01 10:00"), pd.Timestamp("2021-01-02 09:30")]
+    assert cleaned["trip_distance"].tolist() == [1.5, 3.0] and stats.dropped_share == pytest.approx(1 / 3)
 
 
 def test_check_raw_rejects_an_html_page_and_a_truncated_file(tmp_path, tlc_dir):

@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 README_MAX_BYTES = 12_000
@@ -134,15 +136,17 @@ def test_the_store_layout_table_is_the_layout_module():
     assert listed == layout.templates()
 
 
-def test_the_tuning_defaults_table_is_the_code_s():
-    """docs/configuration.md "Tuning defaults" gives each TuneHyperparams parameter the default the code has."""
+@pytest.mark.parametrize("heading,family", [("Tuning defaults", "TuneHyperparams"), ("Data checks", "CleanMonth"),
+                                            ("Champion decision", "RegisterModel")])
+def test_the_settings_tables_give_the_code_s_defaults(heading, family):
+    """Each table of docs/configuration.md gives every setting of its task the default the code has, and no other."""
     from taxi import tasks
 
     documented = {}
-    for row in table_rows(ROOT / "docs" / "configuration.md", "Tuning defaults"):
+    for row in table_rows(ROOT / "docs" / "configuration.md", heading):
         names = re.findall(r"`(\w+)`", row[0])
         documented.update(zip(names, [value.strip() for value in row[1].split(",")]))
-    params = dict(tasks.TuneHyperparams.get_params())
+    params = dict(getattr(tasks, family).get_params())
     assert set(documented) == set(params) - {"color", "year", "month", "search_space"}
     for name, value in documented.items():
         default = params[name]._default

@@ -1,5 +1,5 @@
 """The webhook against a loopback receiver (http.server on 127.0.0.1 recording the JSON bodies), with real
-`luigi --module taxi.tasks` runs: a failed task and a new champion post one message each; a webhook that answers
+`luigi --module taxi.tasks` runs: a failed task and a registered model (with its decision) post one message each; a webhook that answers
 500, refuses the connection or hangs costs one warning line and never the run; unset, nothing is posted; the URL
 (a fake Slack token in its path) is in no output."""
 
@@ -148,8 +148,9 @@ def test_a_first_registration_posts_the_champion_message(pipeline, first_registr
     registration = json.loads((pipeline.run_folder() / "registration.json").read_text())
     assert registration["decision"] == "champion" and registration["previous_champion_version"] is None
     assert texts == [
-        f"taxi: new champion {MODEL} v{registration['version']}, trained on 2021-01: validation RMSE "
-        f"{registration['val_rmse']:.4f} min; champion before: none; report {pipeline.run_folder() / 'report.md'}"]
+        f"taxi: {MODEL} v{registration['version']}, trained on 2021-01, gate RMSE {registration['gate_rmse']:.4f} "
+        f"min: {registration['reason']}; report {pipeline.run_folder() / 'report.md'}"]
+    assert registration["reason"].startswith("champion: the first model, RMSE ")
     assert (pipeline.run_folder() / "report.md").is_file()
     assert webhook_lines(output) == []
 
@@ -170,7 +171,7 @@ def test_a_failing_webhook_costs_one_warning_and_never_the_run(pipeline, first_r
     assert webhook_lines(output) == [
         f"WARNING: taxi.notify: webhook {where} did not take the message ({reason}); the run goes on"]
     if served:
-        assert served.texts[0].startswith(f"taxi: new champion {MODEL} v1, trained on 2021-01")
+        assert served.texts[0].startswith(f"taxi: {MODEL} v1, trained on 2021-01, gate RMSE ")
 
 
 def test_without_the_variable_nothing_is_posted(pipeline, first_registration, receiver, monkeypatch):

@@ -17,10 +17,11 @@ from pathlib import Path
 import luigi
 import luigi.configuration
 import mlflow
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from taxi import registry, storage, tasks, tracking
+from taxi import data, metrics, promotion, registry, storage, tasks, tracking
 from tests.support.http_proxy import CHAMPION_LOOKUP, SET_ALIAS, Proxy
 from tests.support.luigi_process import LuigiProcess, private_lock
 from tests.support.paths import ROOT
@@ -57,27 +58,38 @@ def decisions(registration: dict) -> tuple:
     return registration["version"], registration["decision"], registration["previous_champion_version"]
 
 
+def rescored(client: MlflowClient, version: int, store: Path) -> float:
+    """The RMSE the test gets itself from registered `version` on the gate rows of 2021-02 (the validation month)."""
+    [path] = store.glob("clean/*/green/2021-02.parquet")
+    valid = pd.read_parquet(path)
+    gate = valid[data.gate_rows(valid, 0.5)]
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL}/{version}")
+    return metrics.rmse(gate["duration"], model.predict(gate[["PULocationID", "DOLocationID", "trip_distance"]]))
+
+
 def test_gate_makes_a_worse_model_challenger_and_a_better_one_champion(luigi_config, sampled_tlc):
     luigi.configuration.get_config().set("taxi", "source", str(sampled_tlc))
+    client = MlflowClient(luigi_config["mlflow"]["tracking_uri"])
+    store = Path(luigi_config["taxi"]["store"])
     _, first = register_in_process(**ONE_TREE)
     assert decisions(first) == (1, "champion", None)
 
     _, better = register_in_process()
-    assert better["val_rmse"] < first["val_rmse"]  # the premise: twenty rounds beat one tree
+    assert better["gate_rmse"] < first["gate_rmse"] * 0.995  # the premise: twenty rounds beat one tree by the margin
     assert decisions(better) == (2, "champion", 1)
-    # the champion was re-scored on this model's validation month: the same month, so its own validation RMSE
-    assert better["previous_champion_val_rmse"] == pytest.approx(first["val_rmse"], rel=1e-9)
+    # both scored by the test itself on the gate rows
+    assert better["gate_rmse"] == pytest.approx(rescored(client, 2, store), rel=1e-9)
+    assert better["previous_champion_gate_rmse"] == pytest.approx(rescored(client, 1, store), rel=1e-9)
 
     worse_outputs, worse = register_in_process(**ONE_TREE, seed="7")
-    assert worse["val_rmse"] > better["val_rmse"]
+    assert worse["gate_rmse"] > better["gate_rmse"]
     assert decisions(worse) == (3, "challenger", 2)
-    assert worse["previous_champion_val_rmse"] == pytest.approx(better["val_rmse"], rel=1e-9)
-    client = MlflowClient(luigi_config["mlflow"]["tracking_uri"])
+    assert worse["previous_champion_gate_rmse"] == pytest.approx(rescored(client, 2, store), rel=1e-9)
     assert aliases(client) == {"champion": 2, "challenger": 3}
     report = open(worse_outputs["report.md"].path).read()
     assert report.startswith(f"# {MODEL} v3: challenger\n")
-    assert (f"Decision: **challenger**: champion v2 stays ({worse['val_rmse']:.4f} against "
-            f"{better['val_rmse']:.4f} on 2021-02); this version takes the challenger alias") in report
+    assert (f"Decision: **challenger**: challenger: {worse['gate_rmse']:.2f} vs {better['gate_rmse']:.2f}, "
+            f"+{100 * (worse['gate_rmse'] / better['gate_rmse'] - 1):.1f} % does not beat the 0.5 % margin.") in report
 
     # a crash after the alias moved, before the outputs were written: the rerun reports what the decision compared
     # with, not the version itself, and moves no alias
@@ -169,12 +181,22 @@ def test_two_registrations_at_once_leave_the_better_model_champion(tmp_path, sam
     assert done.returncode == 20, done.stderr[-3000:]  # [retcode] missing_data: the months between are not there
     assert "2 RegisterModel(color=green, year=2021, month=1) and RegisterModel(color=green, year=2023, month=1)" \
         in done.stderr
+    assert one_champion_and_the_other_compared_with_it(client, tmp_path / "store")
+    assert len(lookups.released) >= 2 and len(updates.released) == 1  # the held or older one moves no alias
+
+
+def one_champion_and_the_other_compared_with_it(client: MlflowClient, store: Path) -> bool:
+    """Whichever of the two months decided first is champion; the second saw it: 2023-01 after 2021-01 is held (its
+    data drifted from 2021-01's), 2021-01 after 2023-01 is older. Decided at once, both would be champion."""
     versions = {client.get_run(v.run_id).data.tags["train.month"]: int(v.version)
                 for v in client.search_model_versions(f"name='{MODEL}'")}
-    # either order of the two decisions ends with 2021-01 champion (2023-01 challenger if it came second)
-    assert aliases(client)["champion"] == versions["2021-01"]
-    assert aliases(client).get("challenger", versions["2023-01"]) == versions["2023-01"]
-    assert len(lookups.released) >= 2 and len(updates.released) == 2
+    registrations = {r["month"]: r for r in (json.loads(p.read_text()) for p in store.rglob("registration.json"))}
+    assert sorted(versions) == sorted(registrations) == ["2021-01", "2023-01"]
+    [first] = [month for month, r in registrations.items() if r["decision"] == "champion"]
+    [second] = [month for month in registrations if month != first]
+    assert registrations[second]["decision"] == ("held" if second == "2023-01" else "older"), registrations[second]
+    assert registrations[second]["previous_champion_version"] == versions[first]
+    return aliases(client) == {"champion": versions[first]}
 
 
 def test_two_months_started_at_once_on_a_new_sqlite_database_both_register(tmp_path, sampled_tlc):
@@ -193,11 +215,7 @@ def test_two_months_started_at_once_on_a_new_sqlite_database_both_register(tmp_p
     runs = [LuigiProcess(tmp_path, config, "RegisterModel", "--year", year, "--month", month, name=f"register-{year}")
             for year, month in (GOOD, WORSE)]
     assert [run.finish() for run in runs] == [0, 0], "\n".join(run.log[-3000:] for run in runs)
-    client = MlflowClient(f"sqlite:///{tracking}")
-    versions = {client.get_run(v.run_id).data.tags["train.month"]: int(v.version)
-                for v in client.search_model_versions(f"name='{MODEL}'")}
-    assert sorted(versions) == ["2021-01", "2023-01"]
-    assert aliases(client)["champion"] == versions["2021-01"]
+    assert one_champion_and_the_other_compared_with_it(MlflowClient(f"sqlite:///{tracking}"), tmp_path / "store")
 
 
 def test_registrations_on_one_sqlite_registry_take_turns_without_a_scheduler(tmp_path):
@@ -209,12 +227,20 @@ def test_registrations_on_one_sqlite_registry_take_turns_without_a_scheduler(tmp
     tracking.connect(uri, "turns", str(tmp_path / "artifacts"))
     runs = {}
     for name in ("old", "A", "B"):
-        with mlflow.start_run(run_name=name) as run:
+        with mlflow.start_run(run_name=name, tags={registry.MONTH_TAG: "2022-01"}) as run:
             mlflow.log_text(name, "model/name.txt")
         runs[name] = run.info.run_id
-    registry.register(MODEL, runs["old"], f"runs:/{runs['old']}/model", 6.0, lambda uri: pytest.fail("no champion"))
-    b_scoring, a_done = threading.Event(), threading.Event()
     rmse = {"A": 5.0, "B": 5.5, "old": 6.0}
+
+    def register(name: str, score_version) -> dict:
+        version, decision = registry.register(
+            MODEL, runs[name], f"runs:/{runs[name]}/model", rmse[name], score_version,
+            lambda champion: promotion.decide("2022-01", rmse[name], champion, [], promotion.Policy()), False)
+        return {"version": version, "decision": decision.decision,
+                "previous_champion_version": decision.previous_champion_version}
+
+    register("old", lambda uri: pytest.fail("no champion"))
+    b_scoring, a_done = threading.Event(), threading.Event()
 
     def score_by_b(version_uri: str) -> float:
         b_scoring.set()
@@ -226,12 +252,10 @@ def test_registrations_on_one_sqlite_registry_take_turns_without_a_scheduler(tmp
         return next(name for name, value in runs.items() if value == run_id)
 
     results = {}
-    b = threading.Thread(target=lambda: results.update(B=registry.register(
-        MODEL, runs["B"], f"runs:/{runs['B']}/model", rmse["B"], score_by_b)))
+    b = threading.Thread(target=lambda: results.update(B=register("B", score_by_b)))
     b.start()
     assert b_scoring.wait(30)
-    results["A"] = registry.register(MODEL, runs["A"], f"runs:/{runs['A']}/model", rmse["A"],
-                                     lambda version_uri: rmse[version_name(version_uri)])
+    results["A"] = register("A", lambda version_uri: rmse[version_name(version_uri)])
     a_done.set()
     b.join(60)
     assert (results["B"]["decision"], results["B"]["previous_champion_version"]) == ("champion", 1)

@@ -28,7 +28,7 @@ from tests.support.services import Service, free_port, luigid_service, mlflow_se
 from tests.support.store import pattern
 
 MODEL = model_name("green")
-HEADER = ["month", "version", "alias now", "decision", "val RMSE", "registered (UTC)", "report"]
+HEADER = ["month", "version", "alias now", "decision", "gate RMSE", "registered (UTC)", "report", "reason"]
 
 
 @dataclasses.dataclass
@@ -58,8 +58,8 @@ def services(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, sampled_tlc, services) -> Trained:
-    """2021-01 registered (champion), then 2023-01 (challenger: worse), then an operator made 2023-01 champion by
-    hand; against luigid, a month missing from the mirror failed once, and another one twice (so it is disabled)."""
+    """2021-01 registered (champion), then 2023-01 (held: its data drifted from 2021-01's), then an operator made
+    2023-01 champion by hand; against luigid, a month missing from the mirror failed once, and another one twice (so it is disabled)."""
     mlflow, luigid = services
     workdir = tmp_path_factory.mktemp("status")
     sections = {"taxi": {"source": str(sampled_tlc), "store": str(workdir / "store"), "threads": "1"},
@@ -110,17 +110,18 @@ def test_table_shows_each_trained_month_with_its_alias_now_and_its_decision_then
     shown = status(with_scheduler(trained.workdir / "shown.cfg", trained.sections, trained.luigid.url))
     assert shown.returncode == 0, shown.stderr[-3000:]
     client = MlflowClient(trained.mlflow.url)
-    aliases = client.get_registered_model(MODEL).aliases  # alias -> version; v2 is champion and still challenger
+    aliases = client.get_registered_model(MODEL).aliases  # alias -> version: v2, held for drift, is champion now
     rows = table(shown.stdout)
     assert rows == [{"month": month, "version": f"v{r['version']}",
                      "alias now": next((a for a in ("champion", "challenger") if aliases.get(a) == str(r["version"])),
                                        "none"),
-                     "decision": r["decision"], "val RMSE": f"{r['val_rmse']:.4f}",
-                     "registered (UTC)": registered_at(client, r["version"]), "report": str(trained.reports[month])}
+                     "decision": r["decision"], "gate RMSE": f"{r['gate_rmse']:.4f}",
+                     "registered (UTC)": registered_at(client, r["version"]), "report": str(trained.reports[month]),
+                     "reason": r["reason"]}
                     for month, r in sorted(trained.registrations.items())]
     # the operator's promotion: neither row's alias now is the decision made when it was registered
     assert [(row["month"], row["alias now"], row["decision"]) for row in rows] == [
-        ("2021-01", "none", "champion"), ("2023-01", "champion", "challenger")]
+        ("2021-01", "none", "champion"), ("2023-01", "champion", "held")]
     assert all(Path(row["report"]).is_file() for row in rows)
     assert f"{model_name('yellow')}: no trained month in {trained.workdir / 'store'}" in shown.stdout
 
