@@ -72,7 +72,7 @@ def reference_month(name: str) -> str | None:
     """The training month a new model's data is compared with: the champion's, else the newest registered
     version's; None when `name` has no version."""
     client = MlflowClient()
-    champion = _champion_version(client, name, create=False, outcome="nothing was registered")
+    champion = _champion_version(client, name, create=False)
     if champion is not None:
         return _month_of(client, name, champion)
     versions = _call(f"search the versions of {name}", client.search_model_versions, f"name='{name}'")

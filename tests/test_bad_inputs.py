@@ -191,7 +191,7 @@ def test_bad_source_file_fails_its_task_with_a_clear_message_and_writes_nothing_
     _, failing_task, message = BAD_FILES[case]
     run = runs[case]
     assert run.proc.returncode == 30  # [retcode] task_failed
-    assert f"failed    {failing_task}(color=green, year=2021, month=1)" in run.log
+    assert f"failed    {failing_task}(color=green, year=2021, month=1" in run.log
     line = next(line for line in run.log.splitlines() if line.startswith("taxi.data.DataError: "))
     assert message in line and "2021-01" in line  # one line: what is wrong, and with which month's file
     if failing_task == "DownloadMonth":
