@@ -36,6 +36,13 @@ def kind(param: luigi.Parameter) -> str:
     return next((name for cls, name in KINDS if isinstance(param, cls)), "text")
 
 
+def choices(param: luigi.Parameter) -> list[str] | None:
+    """The values a choice or bool parameter takes, as it writes them (None for any other kind)."""
+    if kind(param) == "bool":
+        return [param.serialize(True), param.serialize(False)]
+    return [param.serialize(c) for c in param._choices] if kind(param) == "choice" else None
+
+
 def configured(name: str, param: luigi.Parameter) -> str:
     """The value a run gets without an override: luigi.cfg's [TuneHyperparams] or the code's default."""
     return param.serialize(param.task_value(tasks.TuneHyperparams.get_task_family(), name))
@@ -45,7 +52,7 @@ def describe() -> dict:
     """The form's colors and tuning fields (name, kind, configured value, description, choices)."""
     fields = [{"name": name, "kind": kind(param), "default": configured(name, param),
                "description": param.description or "",
-               "choices": [param.serialize(c) for c in param._choices] if kind(param) == "choice" else None}
+               "choices": choices(param)}
               for name, param in tuning_params().items()]
     return {"colors": list(data.COLORS), "tuning": fields}
 
@@ -85,8 +92,8 @@ def check_tuning(form: dict, month: dt.date | None, errors: dict[str, str]) -> d
         try:
             value = param.normalize(param.parse(raw))
         except (ValueError, TypeError):
-            choices = f": {', '.join(map(str, param._choices))}" if kind(param) == "choice" else ""
-            errors[name] = f"{raw!r} is not {EXPECTED.get(kind(param), 'a value')}{choices}"
+            listed = f": {', '.join(choices(param))}" if kind(param) == "choice" else ""
+            errors[name] = f"{raw!r} is not {EXPECTED.get(kind(param), 'a value')}{listed}"
             continue
         if param.serialize(value) == configured(name, param):
             continue

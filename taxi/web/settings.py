@@ -60,6 +60,7 @@ def password_hash(environ: dict[str, str] | None = None) -> str:
 def secret_key(state: Path) -> bytes:
     """The key that signs session cookies: made once, kept in the state folder readable by this user only."""
     path = state / "secret-key"
+    state.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not path.exists():
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
@@ -76,7 +77,6 @@ def from_config(state: Path, tls_proxy: bool = False) -> Settings:
                             "with a central scheduler, e.g. LUIGI_CONFIG_PATH=config/central.cfg")
     store = config.TaxiConfig().store
     mlflow = config.MlflowConfig()
-    state.mkdir(parents=True, exist_ok=True)
     return Settings(store=store if storage.is_s3(store) else os.path.abspath(store),
                     tracking_uri=tracking.connect(mlflow.uri, mlflow.experiment, mlflow.artifact_root),
                     scheduler_url=scheduler.rstrip("/"), state=state, password_hash=password_hash(),
