@@ -80,4 +80,4 @@ def from_config(state: Path, tls_proxy: bool = False) -> Settings:
     return Settings(store=store if storage.is_s3(store) else os.path.abspath(store),
                     tracking_uri=tracking.connect(mlflow.uri, mlflow.experiment, mlflow.artifact_root),
                     scheduler_url=scheduler.rstrip("/"), state=state, password_hash=password_hash(),
-                    tls_proxy=tls_proxy, run_env={k: v for k, v in os.environ.items() if k != HASH_ENV})
+                    tls_proxy=tls_proxy, run_env={k: v for k, v in os.environ.items() if k not in (HASH_ENV, "CREDENTIALS_DIRECTORY")})
