@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import datetime as dt
 import json
 import os
 import re
@@ -386,6 +387,28 @@ def test_shell_metacharacters_are_rejected_and_never_run(site, tmp_path):
     assert f"&#39;$(touch {marker})&#39; is not a whole number" in answer.text
     assert f"&#39;`touch {marker}`&#39; is not a whole number" in answer.text
     assert not marker.exists() and not [r for r in site.runs() if "touch" in r["command"]]
+
+
+def test_each_bad_value_gets_its_own_error_and_nothing_starts(site):
+    """Checked by the tasks' own rules: a month whose validation month is not over, a range that ends before it
+    starts, a color there is no data of, and tuning values TuneHyperparams refuses."""
+    client = logged_in(site)
+    today = dt.date.today()
+    before = site.runs()
+    answer = submit(client, site, color="green", first=f"{today:%Y-%m}", last="2021-01", max_evals="0",
+                    prune_tolerance="-1", search_space="nowhere")
+    assert answer.status_code == 400
+    next_month = dt.date(today.year + today.month // 12, today.month % 12 + 1, 1)
+    for message in (f"validation month {next_month:%Y-%m} (the month after {today:%Y-%m}) is not over yet, so it has "
+                    f"no data: train on an earlier month", "tuning setting max_evals must be at least 1, got 0",
+                    "&#39;nowhere&#39; is not one of the choices: course, lossguide"):
+        assert message in answer.text
+    ranged = submit(client, site, color="yellow", first="2021-03", last="2021-01", prune_tolerance="-1")
+    assert "the last month 2021-01 is before the first 2021-03" in ranged.text
+    assert "tuning setting prune_tolerance must be 0 (off) or more, got -1.0" in ranged.text
+    colored = submit(client, site, color="red", first="2021-01")
+    assert "unknown color &#39;red&#39;: use one of green, yellow" in colored.text
+    assert site.runs() == before
 
 
 def test_a_run_s_arguments_reach_the_process_verbatim_never_through_a_shell(site, tmp_path):

@@ -40,7 +40,7 @@ def choices(param: luigi.Parameter) -> list[str] | None:
     """The values a choice or bool parameter takes, as it writes them (None for any other kind)."""
     if kind(param) == "bool":
         return [param.serialize(True), param.serialize(False)]
-    return [param.serialize(c) for c in param._choices] if kind(param) == "choice" else None
+    return sorted(param.serialize(c) for c in param._choices) if kind(param) == "choice" else None
 
 
 def configured(name: str, param: luigi.Parameter) -> str:
