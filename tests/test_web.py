@@ -10,6 +10,7 @@ import concurrent.futures
 import dataclasses
 import datetime as dt
 import json
+import logging
 import os
 import re
 import secrets
@@ -19,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import luigi
+import luigi.configuration
 import pytest
 import requests
 from mlflow.tracking import MlflowClient
@@ -416,7 +419,8 @@ def test_a_run_s_arguments_reach_the_process_verbatim_never_through_a_shell(site
     marker, received = tmp_path / "pwned", tmp_path / "argv.json"
     (tmp_path / "bin").mkdir()
     stand_in = tmp_path / "bin" / "luigi"
-    stand_in.write_text(f"#!{sys.executable}\nimport json, sys\njson.dump(sys.argv[1:], open({str(received)!r}, 'w'))\n")
+    stand_in.write_text(f"#!{sys.executable}\nimport json, sys\n"
+                        f"json.dump(sys.argv[1:], open({str(received)!r}, 'w'))\n")
     stand_in.chmod(0o755)
     runs = Runs(Settings(store=str(tmp_path), tracking_uri="", scheduler_url=site.luigid.url, state=tmp_path / "state",
                          password_hash="scrypt:unused", python=str(tmp_path / "bin" / "python")))
@@ -448,6 +452,59 @@ def test_two_submissions_of_one_month_at_once_make_one_run(site):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Task logs, in this process: what a worker writes, and a store that cannot take it
+
+
+class Noted(luigi.Task):
+    """Logs a line and names its MLflow page, then fails if asked."""
+
+    name = luigi.Parameter()
+    fail = luigi.BoolParameter(default=False)
+
+    def complete(self) -> bool:
+        return False
+
+    def run(self):
+        logging.getLogger("taxi.test").warning("working on %s", self.name)
+        self.set_tracking_url(f"http://mlflow.invalid/#/runs/{self.name}")
+        if self.fail:
+            raise ValueError("broken on purpose\nsecond line")
+
+
+@pytest.fixture
+def task_logs(luigi_config):
+    """Luigi's [worker] task_process_context set to TaskLog for this test's in-process runs."""
+    config = luigi.configuration.get_config()
+    config.set("worker", "task_process_context", "taxi.pipeline.tasklog.TaskLog")
+    yield Path(luigi_config["taxi"]["store"])
+    config.remove_option("worker", "task_process_context")
+
+
+def test_each_attempt_s_log_and_record_are_in_the_store(task_logs):
+    ok, bad = Noted(name="ok"), Noted(name="bad", fail=True)
+    assert not luigi.build([ok, bad], local_scheduler=True, workers=1)
+    logs = {task.name: one_file(task_logs, layout.TASK_LOG, family="Noted", task_id=task.task_id).read_text()
+            for task in (ok, bad)}
+    records = {task.name: json.loads(one_file(task_logs, layout.TASK_LOG_RECORD, family="Noted",
+                                              task_id=task.task_id).read_text()) for task in (ok, bad)}
+    assert "WARNING taxi.test: working on ok" in logs["ok"] and "done      Noted(name=ok, fail=False)" in logs["ok"]
+    assert records["ok"]["outcome"] == "done" and records["ok"]["links"] == ["http://mlflow.invalid/#/runs/ok"]
+    assert "ValueError: broken on purpose\nsecond line" in logs["bad"]  # the traceback, as luigi logs it
+    assert records["bad"]["outcome"] == "failed" and records["bad"]["error"] == "ValueError: broken on purpose"
+    assert records["bad"]["attempt"].endswith(f"-{os.getpid()}") and records["bad"]["finished"]
+    assert "working on ok" not in logs["bad"]  # each attempt has its own lines only
+
+
+def test_a_store_that_cannot_take_the_log_costs_a_warning_not_the_task(task_logs, caplog):
+    blocked = task_logs.parent / "blocked"
+    blocked.write_text("a file where the store's folder should be")
+    luigi.configuration.get_config().set("taxi", "store", str(blocked))
+    assert luigi.build([Noted(name="blocked")], local_scheduler=True, workers=1)
+    assert [r.getMessage().split(" (")[0] for r in caplog.records if r.name == "taxi.pipeline.tasklog"] == [
+        f"cannot write the log of {Noted(name='blocked').task_id} to the store"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # The web process and the pipeline
 
 IMPORT_PROBE = """
@@ -463,7 +520,8 @@ served = {}
 for path in json.loads(sys.argv[3]):
     served[path] = client.get(path).status_code
 form = client.get("/runs/new").text
-served["POST /runs"] = client.post("/runs", data={"csrf_token": token(form), "color": "green", "first": "2021-13"}).status_code
+bad_month = {"csrf_token": token(form), "color": "green", "first": "2021-13"}
+served["POST /runs"] = client.post("/runs", data=bad_month).status_code
 print(json.dumps({"served": served, "imported": sorted(m for m in sys.modules
                   if m.split(".")[0] in ("xgboost", "hyperopt") or m.startswith("taxi.pipeline"))}))
 """

@@ -70,6 +70,14 @@ class TaskLog:
         self.warned = False
 
     def __enter__(self) -> "TaskLog":
+        try:
+            self._open()
+        except Exception as exc:  # a bad [taxi] store or an unreachable luigid: the task runs, without its log
+            self.targets = None
+            log.warning("no log of %s in the store (%s: %s)", self.task.task_id, type(exc).__name__, exc)
+        return self
+
+    def _open(self) -> None:
         started = dt.datetime.now(dt.timezone.utc)
         host = socket.gethostname()
         attempt = f"{started:%Y%m%dT%H%M%S}Z-{re.sub(r'[^A-Za-z0-9.-]', '-', host)}-{os.getpid()}"
@@ -79,19 +87,19 @@ class TaskLog:
         self.record = {"task_id": self.task.task_id, "attempt": attempt, "host": host, "pid": os.getpid(),
                        "started": started.isoformat(timespec="seconds"), "finished": None, "outcome": RUNNING,
                        "error": None, "links": []}
-        self.lines = _Lines()
-        logging.getLogger().addHandler(self.lines)
         reporter = self.process.status_reporter
         self.to_luigid = reporter.update_tracking_url
-        reporter.update_tracking_url = self.link  # what Luigi hands the task as set_tracking_url
         page = WebConfig().url
         if page:
             self.to_luigid(task_page(page, self.task.task_id))
+        # nothing is hooked in before this point, so a failure above leaves the process as it was
+        self.lines = _Lines()
+        logging.getLogger().addHandler(self.lines)
+        reporter.update_tracking_url = self.link  # what Luigi hands the task as set_tracking_url
         _open[self.task.task_id] = self
         self.write()
         self.flusher = threading.Thread(target=self._flush, name="taxi-tasklog", daemon=True)
         self.flusher.start()
-        return self
 
     def link(self, url: str) -> None:
         """The task's MLflow page: recorded; luigid links to it unless it links to the operator page."""
@@ -111,6 +119,8 @@ class TaskLog:
                 self.write()
 
     def __exit__(self, *exc) -> None:
+        if self.targets is None:
+            return
         self.stop.set()
         self.flusher.join()
         logging.getLogger().removeHandler(self.lines)

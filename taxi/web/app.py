@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 
 PUBLIC = {"login"}  # the only endpoint answered without a session
 SESSION_HOURS = 12
+# the pages' own inline style and scripts only; links to MLflow and luigid are navigations, which this does not limit
+CONTENT_POLICY = ("default-src 'self'; style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'; "
+                  "frame-ancestors 'none'")
 REPORT_PATH = re.compile(layout.RUN.format(color=f"(?:{'|'.join(data.COLORS)})", ym=r"\d{4}-\d{2}", key=r"[\w.-]+",
                                            name=f"(?:{'|'.join(map(re.escape, layout.REPORT_FILES))})"))
 READ_ERRORS = (MlflowException, tracking.TrackingUnavailable, storage.StoreUnreachable, storage.StoreRefused,
@@ -35,7 +38,8 @@ def create_app(settings: Settings, runs: Runs | None = None) -> Flask:
     app.config.update(SECRET_KEY=secret_key(settings.state), SESSION_COOKIE_NAME="taxi_session",
                       SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
                       SESSION_COOKIE_SECURE=settings.tls_proxy,
-                      PERMANENT_SESSION_LIFETIME=dt.timedelta(hours=SESSION_HOURS), MAX_CONTENT_LENGTH=64 * 1024)
+                      PERMANENT_SESSION_LIFETIME=dt.timedelta(hours=SESSION_HOURS), MAX_CONTENT_LENGTH=64 * 1024,
+                      WTF_CSRF_TIME_LIMIT=SESSION_HOURS * 3600)
     if settings.tls_proxy:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)
     runs = runs or Runs(settings)
@@ -56,8 +60,7 @@ def create_app(settings: Settings, runs: Runs | None = None) -> Flask:
     def headers(response: Response) -> Response:
         response.headers.update({"X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff",
                                  "Referrer-Policy": "same-origin", "Cache-Control": "no-store",
-                                 "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
-                                                            "script-src 'self' 'unsafe-inline'; frame-ancestors 'none'"})
+                                 "Content-Security-Policy": CONTENT_POLICY})
         return response
 
     @app.route("/login", methods=["GET", "POST"])
@@ -79,7 +82,8 @@ def create_app(settings: Settings, runs: Runs | None = None) -> Flask:
         session["operator"] = True
         log.info("login from %s", client)
         target = request.args.get("next", "")
-        return redirect(target if target.startswith("/") and not target.startswith("//") else url_for("months"))
+        local = target.startswith("/") and not target.startswith("//") and "\\" not in target  # no other site
+        return redirect(target if local else url_for("months"))
 
     @app.post("/logout")
     def logout():

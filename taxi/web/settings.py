@@ -15,6 +15,7 @@ CHECKOUT = Path(config.PROJECT_DEFAULTS).parent
 HASH_ENV = "TAXI_WEB_PASSWORD_HASH"
 HASH_CREDENTIAL = "password-hash"  # systemd's LoadCredential= name, in $CREDENTIALS_DIRECTORY
 HASH_METHODS = ("scrypt:", "pbkdf2:")  # werkzeug.security's own
+PRIVATE_ENV = (HASH_ENV, "CREDENTIALS_DIRECTORY")  # kept from the runs' environment
 
 
 class SettingsError(RuntimeError):
@@ -80,4 +81,4 @@ def from_config(state: Path, tls_proxy: bool = False) -> Settings:
     return Settings(store=store if storage.is_s3(store) else os.path.abspath(store),
                     tracking_uri=tracking.connect(mlflow.uri, mlflow.experiment, mlflow.artifact_root),
                     scheduler_url=scheduler.rstrip("/"), state=state, password_hash=password_hash(),
-                    tls_proxy=tls_proxy, run_env={k: v for k, v in os.environ.items() if k not in (HASH_ENV, "CREDENTIALS_DIRECTORY")})
+                    tls_proxy=tls_proxy, run_env={k: v for k, v in os.environ.items() if k not in PRIVATE_ENV})
