@@ -173,7 +173,9 @@ def create_app(settings: Settings, runs: Runs | None = None) -> Flask:
     def task(task_id: str):
         if not observe.valid_task_id(task_id):
             abort(404)
-        return render_template("task.html", task_id=task_id, **task_view(task_id, request.args.get("attempt")))
+        view = task_view(task_id, request.args.get("attempt"))
+        title = observe.title(view["scheduler"]) if view["scheduler"] else task_id
+        return render_template("task.html", task_id=task_id, title=title, **view)
 
     @app.get("/api/tasks/<task_id>")
     def api_task(task_id: str):
