@@ -451,6 +451,22 @@ def test_two_submissions_of_one_month_at_once_make_one_run(site):
     assert len(trained) == len(set(trained))  # no TrainModel ran twice
 
 
+def test_a_range_runs_range_monthly_as_scripts_backfill_does(site):
+    """2021-03 to 2021-06, which the sampled mirror lacks: each month is reported missing (exit 20)."""
+    client = logged_in(site)
+    answer = submit(client, site, color="green", first="2021-03", last="2021-06")
+    assert answer.status_code == 302, answer.text
+    run = finished(site, answer.headers["Location"].rsplit("/", 1)[1])
+    assert run["title"] == "green 2021-03 to 2021-06"
+    assert run["argv"][2:14] == ["RangeMonthly", "--of", "RegisterMonth", "--of-params", '{"color": "green"}',
+                                 "--param-name", "month", "--start", "2021-03", "--stop", "2021-07", "--months-back"]
+    assert run["exit_code"] == 20 and run["outcome"] == "missing data"
+    tasks = client.get(f"{site.url}/api/runs/{run['id']}").json()["tasks"]
+    assert run["task_id"].startswith("RangeMonthly_") and tasks[-1]["task_id"] == run["task_id"]
+    assert sorted(task["params"]["month"] for task in tasks if task["name"] == "RegisterMonth") == [
+        "2021-03", "2021-04", "2021-05", "2021-06"]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Task logs, in this process: what a worker writes, and a store that cannot take it
 
