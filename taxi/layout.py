@@ -27,6 +27,9 @@ RUNS = "runs/{color}"
 RUN = RUNS + "/{ym}/{key}/{name}"
 RUN_FILES = ("booster.ubj", "train.json", "registration.json", *REPORT_FILES)
 REGISTRATION = "registration.json"
+TASK_LOGS = "logs/{family}/{task_id}"  # every attempt of one Luigi task (taxi.pipeline.tasklog writes them)
+TASK_LOG = TASK_LOGS + "/{attempt}.log"  # one attempt's log lines
+TASK_LOG_RECORD = TASK_LOGS + "/{attempt}.json"  # one attempt's host, times, outcome and MLflow pages
 
 
 def raw(color: str, year: int, month: int) -> dict[str, str]:
@@ -61,7 +64,13 @@ def run_month(relpath: str) -> str:
     return relpath.split("/")[2]
 
 
+def task_log(family: str, task_id: str, attempt: str) -> dict[str, str]:
+    """One attempt of a task: its log lines ("log") and its record ("record")."""
+    fields = {"family": family, "task_id": task_id, "attempt": attempt}
+    return {"log": TASK_LOG.format(**fields), "record": TASK_LOG_RECORD.format(**fields)}
+
+
 def templates() -> list[str]:
     """Every path the pipeline writes, as a template: the table of docs/pipeline.md lists exactly these."""
     return [RAW, RAW_META, CLEAN, CLEAN_STATS, *(FEATURES.replace("{name}", n) for n in FEATURE_FILES), TUNING,
-            *(RUN.replace("{name}", n) for n in RUN_FILES)]
+            *(RUN.replace("{name}", n) for n in RUN_FILES), TASK_LOG, TASK_LOG_RECORD]

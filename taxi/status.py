@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass
 
 import luigi.interface
+import luigi.task
 import mlflow
 import requests
 from mlflow.exceptions import MlflowException
@@ -52,7 +53,10 @@ class Row:
     gate_rmse: float
     registered: dt.datetime | None
     report: str
-    reason: str
+    reason: str  # the decision's reason
+    folder: str  # the run folder, relative to the store
+    run_id: str  # the MLflow run the version was registered from
+    task_id: str  # the Luigi task that registered it
 
 
 def registry_versions(name: str) -> dict[int, Version]:
@@ -85,28 +89,39 @@ def make_row(store: str, folder: str, registration: dict, versions: dict[int, Ve
     return Row(month=layout.run_month(folder), version=registration["version"], alias=alias,
                decision=registration["decision"], gate_rmse=registration["gate_rmse"],
                registered=None if version is None else version.created,
-               report=storage.target(store, posixpath.join(folder, layout.REPORT)).path, reason=registration["reason"])
+               report=storage.target(store, posixpath.join(folder, layout.REPORT)).path, reason=registration["reason"],
+               folder=folder, run_id=registration["run_id"], task_id=registration["task_id"])
+
+
+def rows(store: str, color: str) -> list[Row]:
+    """A row per registered run of `color` in the store, by month and version (none: no trained month)."""
+    found = registrations(store, color)
+    versions = registry_versions(registry.model_name(color)) if found else {}
+    return sorted((make_row(store, folder, registration, versions) for folder, registration in found),
+                  key=lambda r: (r.month, r.version))
+
+
+def cells(row: Row) -> tuple[str, ...]:
+    """The row's text under COLUMNS."""
+    return (row.month, f"v{row.version}", row.alias, row.decision, f"{row.gate_rmse:.4f}",
+            row.registered.strftime("%Y-%m-%d %H:%M:%S") if row.registered else "-", row.report, row.reason)
 
 
 def table(rows: list[Row]) -> str:
     """The rows as aligned plain-text columns under a header, by month and version."""
-    cells = [COLUMNS] + [(r.month, f"v{r.version}", r.alias, r.decision, f"{r.gate_rmse:.4f}",
-                          r.registered.strftime("%Y-%m-%d %H:%M:%S") if r.registered else "-", r.report, r.reason)
-                         for r in sorted(rows, key=lambda r: (r.month, r.version))]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS) - 1)]
-    return "\n".join("  ".join([*(cell.ljust(w) for cell, w in zip(line, widths)), line[-1]]) for line in cells)
+    lines = [COLUMNS] + [cells(r) for r in sorted(rows, key=lambda r: (r.month, r.version))]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS) - 1)]
+    return "\n".join("  ".join([*(cell.ljust(w) for cell, w in zip(line, widths)), line[-1]]) for line in lines)
 
 
 def color_section(store: str, tracking_uri: str, color: str) -> str:
     """The table of `color`'s trained months, titled with the model, registry and store."""
     name = registry.model_name(color)
-    found = registrations(store, color)
+    found = rows(store, color)
     if not found:
         return f"{name}: no trained month in {store}"
-    versions = registry_versions(name)
-    rows = [make_row(store, folder, registration, versions) for folder, registration in found]
-    text = f"{name} (registry {tracking_uri}, store {store})\n{table(rows)}"
-    if any(row.alias == MISSING for row in rows):
+    text = f"{name} (registry {tracking_uri}, store {store})\n{table(found)}"
+    if any(row.alias == MISSING for row in found):
         text += f"\n{MISSING}: registered in another registry (see its registration.json), not in {tracking_uri}"
     return text
 
@@ -120,13 +135,14 @@ def scheduler_url() -> str | None:
 
 
 def scheduler_tasks(url: str) -> list[dict]:
-    """luigid's RUNNING, FAILED and DISABLED tasks from its JSON API, least recently updated first."""
+    """luigid's RUNNING, FAILED and DISABLED tasks (with their "task_id") from its JSON API, least recently updated
+    first."""
     tasks: list[dict] = []
     for status in SCHEDULER_STATUSES:
         answer = requests.get(f"{url.rstrip('/')}/api/task_list", params={"data": json.dumps({"status": status})},
                               timeout=10)
         answer.raise_for_status()
-        tasks += answer.json()["response"].values()
+        tasks += [{**task, "task_id": task_id} for task_id, task in answer.json()["response"].items()]
     return sorted(tasks, key=lambda task: task["last_updated"] or 0)
 
 

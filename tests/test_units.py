@@ -23,7 +23,7 @@ from tests.support.paths import ROOT
 UNITS = ROOT / "systemd"
 INSTALL_DIR = Path("/opt/taxi")
 CHECKED_UNITS = ["luigid.service", "mlflow.service", "taxi-train@green.service", "taxi-train@yellow.timer",
-                 "taxi-worker.service"]
+                 "taxi-worker.service", "taxi-web.service"]
 
 
 def readme_exposures() -> dict[str, float]:
@@ -93,7 +93,7 @@ def test_verify_reports_a_misspelt_key(scratch_root):
 
 
 @pytest.mark.parametrize("unit", ["luigid.service", "mlflow.service", "taxi-train@green.service",
-                                  "taxi-worker.service"])
+                                  "taxi-worker.service", "taxi-web.service"])
 def test_service_exposure_is_what_the_readme_says(scratch_root, unit, capsys):
     promised = next(figure for name, figure in readme_exposures().items() if unit.startswith(name))
     done = subprocess.run(["systemd-analyze", "security", "--offline=true", f"--root={scratch_root}",

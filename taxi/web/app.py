@@ -1,0 +1,204 @@
+"""The operator page's routes. Every route but the login page requires a session (one check, before any other);
+every form carries a CSRF token (Flask-WTF's CSRFProtect); failed logins are throttled."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import posixpath
+import re
+
+import requests
+from flask import Flask, Response, abort, jsonify, redirect, render_template, request, session, url_for
+from flask_wtf.csrf import CSRFProtect
+from mlflow.exceptions import MlflowException
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from taxi import data, layout, registry, status, storage, tracking
+from taxi.web import observe
+from taxi.web.auth import Throttle, password_matches
+from taxi.web.runs import RUNNING, PlanFailed, Runs
+from taxi.web.settings import Settings, secret_key
+
+log = logging.getLogger(__name__)
+
+PUBLIC = {"login"}  # the only endpoint answered without a session
+SESSION_HOURS = 12
+# the pages' own inline style and scripts only; links to MLflow and luigid are navigations, which this does not limit
+CONTENT_POLICY = ("default-src 'self'; style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'; "
+                  "frame-ancestors 'none'")
+REPORT_PATH = re.compile(layout.RUN.format(color=f"(?:{'|'.join(data.COLORS)})", ym=r"\d{4}-\d{2}", key=r"[\w.-]+",
+                                           name=f"(?:{'|'.join(map(re.escape, layout.REPORT_FILES))})"))
+READ_ERRORS = (MlflowException, tracking.TrackingUnavailable, storage.StoreUnreachable, storage.StoreRefused,
+               storage.CorruptTarget, requests.RequestException)
+
+
+def create_app(settings: Settings, runs: Runs | None = None) -> Flask:
+    app = Flask(__name__, static_folder=None)
+    app.config.update(SECRET_KEY=secret_key(settings.state), SESSION_COOKIE_NAME="taxi_session",
+                      SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
+                      SESSION_COOKIE_SECURE=settings.tls_proxy,
+                      PERMANENT_SESSION_LIFETIME=dt.timedelta(hours=SESSION_HOURS), MAX_CONTENT_LENGTH=64 * 1024,
+                      WTF_CSRF_TIME_LIMIT=SESSION_HOURS * 3600)
+    if settings.tls_proxy:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)
+    runs = runs or Runs(settings)
+    throttle = Throttle(settings.client_failures, settings.total_failures, settings.failure_window)
+
+    @app.before_request
+    def require_session():
+        """Registered before CSRFProtect, so it answers first: no page, API answer or form without a session."""
+        if request.endpoint in PUBLIC or session.get("operator"):
+            return None
+        if request.path.startswith("/api/"):
+            return jsonify(error="log in first"), 401
+        return redirect(url_for("login", next=request.full_path if request.method == "GET" else None))
+
+    CSRFProtect(app)
+
+    @app.after_request
+    def headers(response: Response) -> Response:
+        response.headers.update({"X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff",
+                                 "Referrer-Policy": "same-origin", "Cache-Control": "no-store",
+                                 "Content-Security-Policy": CONTENT_POLICY})
+        return response
+
+    @app.route("/login", methods=["GET", "POST"])
+    def login():
+        if request.method == "GET":
+            return render_template("login.html", error=None)
+        client = request.remote_addr or "unknown"
+        wait = throttle.wait(client)
+        if wait > 0:
+            log.warning("login from %s refused: too many failed attempts", client)
+            return render_template("login.html", error=f"Too many failed logins: try again in {wait / 60:.0f} "
+                                                       f"minutes."), 429, {"Retry-After": str(int(wait) + 1)}
+        if not password_matches(settings.password_hash, request.form.get("password", "")):
+            throttle.failed(client)
+            log.warning("failed login from %s", client)
+            return render_template("login.html", error="Wrong password."), 401
+        session.clear()
+        session.permanent = True
+        session["operator"] = True
+        log.info("login from %s", client)
+        target = request.args.get("next", "")
+        local = target.startswith("/") and not target.startswith("//") and "\\" not in target  # no other site
+        return redirect(target if local else url_for("months"))
+
+    @app.post("/logout")
+    def logout():
+        session.clear()
+        return redirect(url_for("login"))
+
+    @app.get("/")
+    def months():
+        sections, error = [], None
+        try:
+            for color in data.COLORS:
+                sections.append({"color": color, "model": registry.model_name(color),
+                                 "rows": [month_row(color, row) for row in status.rows(settings.store, color)]})
+        except READ_ERRORS as exc:
+            error = f"{type(exc).__name__}: {status.first_line(str(exc))}"
+        try:
+            scheduled = status.scheduler_tasks(settings.scheduler_url)
+        except requests.RequestException as exc:
+            scheduled = None
+            error = error or f"luigid {settings.scheduler_url} is not reachable ({type(exc).__name__})"
+        return render_template("months.html", sections=sections, columns=status.COLUMNS, error=error,
+                               scheduled=scheduled, runs=runs.recent(), settings=settings)
+
+    def month_row(color: str, row: status.Row) -> dict:
+        """The row's cells and its links: report, MLflow version and run pages, luigid's history of its task."""
+        in_registry = row.alias != status.MISSING
+        return {"cells": status.cells(row),
+                "report": url_for("report", path=posixpath.join(row.folder, layout.REPORT)),
+                "version_url": tracking.version_url(registry.model_name(color), row.version) if in_registry else None,
+                "run_url": tracking.run_url(row.run_id) if in_registry else None,
+                "task_url": f"{settings.scheduler_url}/history/by_task_id/{row.task_id}"}
+
+    @app.get("/reports/<path:path>")
+    def report(path: str):
+        """A report of the store (report.md, shown with its plots) or one of its plots."""
+        if not REPORT_PATH.fullmatch(path):
+            abort(404)
+        target = storage.target(settings.store, path)
+        if not target.exists():
+            abort(404)
+        if not path.endswith(".md"):
+            return Response(storage.read(target, bytes), mimetype="image/png")
+        folder = posixpath.dirname(path)
+        plots = [name for name in layout.REPORT_FILES
+                 if name != layout.REPORT and storage.target(settings.store, posixpath.join(folder, name)).exists()]
+        return render_template("report.html", path=path, text=storage.read(target, bytes.decode), folder=folder,
+                               plots=plots)
+
+    @app.get("/runs/new")
+    def new_run():
+        return render_template("run_form.html", form=runs.form(), values={"tuning": {}}, errors={})
+
+    @app.post("/runs")
+    def start_run():
+        fields = runs.form()
+        values = {"color": request.form.get("color", ""), "first": request.form.get("first", ""),
+                  "last": request.form.get("last", ""),
+                  "tuning": {f["name"]: request.form.get(f["name"], f["default"]) for f in fields["tuning"]}}
+        try:
+            planned = runs.check(values)
+        except PlanFailed as exc:
+            planned = {"errors": {"general": str(exc)}}
+        if "errors" in planned:
+            return render_template("run_form.html", form=fields, values=values, errors=planned["errors"]), 400
+        record, started = runs.start(planned)
+        return redirect(url_for("run", run_id=record["id"], already=None if started else 1))
+
+    @app.get("/runs/<run_id>")
+    def run(run_id: str):
+        record = runs.get(run_id) or abort(404)
+        return render_template("run.html", run=record, already=bool(request.args.get("already")))
+
+    @app.get("/api/runs/<run_id>")
+    def api_run(run_id: str):
+        record = runs.get(run_id) or abort(404)
+        tasks, error = record["tasks"], None
+        if record["outcome"] == RUNNING or tasks is None:
+            try:
+                tasks = observe.graph(settings.scheduler_url, record["task_id"]) or tasks
+            except requests.RequestException as exc:
+                error = f"luigid {settings.scheduler_url} is not reachable ({type(exc).__name__})"
+        return jsonify(run=record, error=error, output=runs.output(run_id)[-4000:], tasks=[
+            {**task, "title": observe.title(task), "page": url_for("task", task_id=task["task_id"])}
+            for task in tasks or []])
+
+    @app.get("/tasks/<task_id>")
+    def task(task_id: str):
+        if not observe.valid_task_id(task_id):
+            abort(404)
+        view = task_view(task_id, request.args.get("attempt"))
+        title = observe.title(view["scheduler"]) if view["scheduler"] else task_id
+        return render_template("task.html", task_id=task_id, title=title, **view)
+
+    @app.get("/api/tasks/<task_id>")
+    def api_task(task_id: str):
+        if not observe.valid_task_id(task_id):
+            abort(404)
+        return jsonify(task_view(task_id, request.args.get("attempt")))
+
+    def task_view(task_id: str, attempt: str | None) -> dict:
+        """luigid's state of the task, its attempts in the store and one attempt's log (the newest by default)."""
+        view = {"scheduler": None, "attempts": [], "attempt": None, "log": "", "error": None}
+        try:
+            view["scheduler"] = next((t for t in observe.graph(settings.scheduler_url, task_id)
+                                      if t["task_id"] == task_id), None)
+        except requests.RequestException as exc:
+            view["error"] = f"luigid {settings.scheduler_url} is not reachable ({type(exc).__name__})"
+        try:
+            view["attempts"] = observe.attempts(settings.store, task_id)
+            chosen = next((a for a in view["attempts"] if a["attempt"] == attempt), None) if attempt else None
+            view["attempt"] = chosen or (view["attempts"][0] if view["attempts"] else None)
+            if view["attempt"]:
+                view["log"] = observe.log_text(settings.store, task_id, view["attempt"]["attempt"])
+        except READ_ERRORS as exc:
+            view["error"] = f"{type(exc).__name__}: {status.first_line(str(exc))}"
+        return view
+
+    return app
