@@ -32,7 +32,7 @@ from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select, WebDriverWait
 from werkzeug.security import generate_password_hash
 
-from taxi import layout, status
+from taxi import layout
 from taxi.registry import model_name
 from taxi.web.app import PUBLIC, create_app
 from taxi.web.auth import Throttle
@@ -249,7 +249,7 @@ def test_the_task_log_is_the_store_s_file_and_links_to_the_mlflow_run(browser_ru
     train_id = next(t for t in luigid_tasks(site, "DONE") if t.startswith("TrainModel_"))
     stored = one_file(site.store, layout.TASK_LOG, family="TrainModel", task_id=train_id).read_text()
     assert browser_run.log_shown == stored.rstrip("\n")
-    assert f"running   TrainModel(color=green, year=2021, month=1)" in stored and "done      TrainModel(" in stored
+    assert "running   TrainModel(color=green, year=2021, month=1)" in stored and "done      TrainModel(" in stored
     client = MlflowClient(site.mlflow.url)
     experiment = client.get_experiment_by_name("taxi-duration").experiment_id
     [training] = client.search_runs([experiment], f"tags.`taxi.task_id` = '{train_id}'")
