@@ -31,6 +31,8 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
+from taxi import data, layout, metrics, promotion
+from taxi.data import next_month
 from taxi.registry import DECISION_TAG, model_name
 from tests.support.cluster import (BUCKET, PIPELINE_TASKS, Cluster, Host, files_owned_by, luigid_server, mlflow_server,
                                    worker_host, write_months)

@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from bench.course import course_features, course_read_dataframe
-from taxi import config, data, features, storage, tasks, tracking
+from taxi import config, data, storage, tasks, tracking
 
 
 def build(task) -> luigi.execution_summary.LuigiRunResult:
@@ -129,7 +129,7 @@ def test_train_and_register_records_lineage_and_the_report_and_rebuilds_a_delete
     assert artifacts == {f"report/{name}" for name in ("report.md", "predicted_vs_actual.png", "residuals.png",
                                                       "feature_importance.png", "tuning.png", "drift.png")}
     report = open(first.output()["report.md"].path).read()
-    assert f"v1: champion" in report and "| 2021-01 |" in report and f"{reg['gate_rmse']:.4f}" in report
+    assert "v1: champion" in report and "| 2021-01 |" in report and f"{reg['gate_rmse']:.4f}" in report
     assert open(first.output()["residuals.png"].path, "rb").read(4) == b"\x89PNG"
 
     # a report input deleted after training is rebuilt; the model is neither retrained nor registered again
