@@ -11,6 +11,7 @@ import os
 import pickle
 import re
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ import requests
 import xgboost as xgb
 from mlflow.tracking import MlflowClient
 
-from taxi import data, features, layout
+from taxi import data, features, layout, tracking
 from taxi.registry import model_name
 from tests.support.flaky_http import DROP, FORBIDDEN, GZIP, OK, SHORT, SLOW, STALL, UNAVAILABLE, FlakyMirror
 from tests.support.luigi_process import LuigiProcess, private_lock
@@ -541,6 +542,45 @@ def test_full_or_read_only_store_fails_every_task_naming_its_target(tmp_path, tm
     rerun = run_luigi(tmp_path, config, "CleanMonth", *MONTH)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert pq.read_metadata(target).num_rows == 73_908
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 7. SIGKILL while the embedded sqlite tracking database is created (MLflow's migrations take seconds).
+
+
+def test_kill_9_while_the_tracking_database_is_created_leaves_none_half_made(tmp_path, sampled_tlc):
+    """The first run on a fresh `mlflow.db`, killed again and again at varied points of MLflow's migrations (each
+    kill checked to land while the database was being made): no database at its path, and the next run completes
+    on a whole one, with the killed attempts' temporary files gone."""
+    database = tmp_path / "mlflow.db"
+    partial = Path(f"{database}{tracking.PARTIAL_DATABASE}")
+    config = write_config(tmp_path / "sqlite.cfg", {
+        "taxi": {"source": str(sampled_tlc), "store": str(tmp_path / "store")},
+        "mlflow": {"tracking_uri": f"sqlite:///{database}", "artifact_location": str(tmp_path / "mlartifacts")},
+        "TuneHyperparams": SMALL_TUNING, "core": private_lock(tmp_path)})
+    built = run_luigi(tmp_path, config, "BuildFeatures", *MONTH)  # so that each attempt soon connects to MLflow
+    assert built.returncode == 0, built.stderr[-3000:]
+    (tmp_path / "probe").mkdir()
+    started = time.monotonic()  # a lower bound of how long a luigi process spends making the database
+    tracking.create_local_database(str(tmp_path / "probe" / "mlflow.db"))
+    making = time.monotonic() - started
+    landed = []
+    for i, share in enumerate((0.0, 0.15, 0.3, 0.45, 0.6)):
+        run = LuigiProcess(tmp_path, config, "TuneHyperparams", *MONTH, name=f"kill-{i}")
+        run.wait_until(lambda: partial.exists() or database.exists(), "the tracking database being created")
+        time.sleep(share * making)
+        run.kill()
+        assert not database.exists(), f"a half-made database after a kill {share * making:.2f}s into its creation"
+        landed.append(partial.exists())
+    assert all(landed), landed  # every kill came while the database was being made
+    rerun = LuigiProcess(tmp_path, config, "TuneHyperparams", *MONTH, name="rerun")
+    assert rerun.finish() == 0, rerun.log[-3000:]
+    assert luigi_ran(rerun.log) == ["TuneHyperparams"]
+    assert sorted(p.name for p in tmp_path.glob("mlflow.db*")) == ["mlflow.db", "mlflow.db.lock"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{database}")
+    experiment = client.get_experiment_by_name("taxi-duration")
+    [tuning] = client.search_runs([experiment.experiment_id], "tags.`taxi.stage` = 'tuning'")
+    assert tuning.info.status == "FINISHED" and client.search_registered_models() == []
 
 
 # ---------------------------------------------------------------------------------------------------------------
