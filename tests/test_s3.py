@@ -22,8 +22,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from taxi import layout
+from taxi.data import clean_trips, read_trips
 from taxi.features import load_matrix
 from taxi.registry import model_name
+from tests.support.luigi_process import PAUSED, LuigiProcess
 from tests.support.paths import BIN, ROOT
 from tests.support.runs import SMALL_TUNING, run_luigi, write_config
 from tests.support.s3server import SeaweedS3
@@ -304,6 +306,37 @@ def test_store_down_fails_fast_naming_the_endpoint_and_a_rerun_completes(first_r
     assert match(sorted(set(pipeline.objects()) - set(before)), [
         pattern(template, color="green", ym="2023-01")
         for template in (layout.RAW, layout.RAW_META, layout.CLEAN, layout.CLEAN_STATS)])
+
+
+def test_kill_9_while_a_target_is_written_leaves_no_object_and_the_rerun_completes(s3, tmp_path, sampled_tlc):
+    """CleanMonth into an S3 store, killed with half of the cleaned month written (the write stopped half way,
+    tests/support/paused_writes.py): those bytes are in the run's local temporary file, no object is at the month's
+    key, and the rerun stores the whole month."""
+    s3.create_bucket("kills")
+    store = "s3://kills/store"
+    sections = profile("s3")
+    sections["s3"]["endpoint_url"] = s3.endpoint
+    config = write_config(tmp_path / "kill.cfg", {**sections, "taxi": {"source": str(sampled_tlc), "store": store},
+                                                  "core": own_lock(tmp_path)})
+    cleaned = pattern(layout.CLEAN, color="green", ym="2021-01")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    run = LuigiProcess(tmp_path, config, "CleanMonth", *MONTH, name="kill-in-clean", env={**s3.env, "TMPDIR": str(tmp)},
+                       pause_write=f"{store}/{cleaned}")
+
+    run.wait_for_line(rf"^{PAUSED} {re.escape(store)}/")
+    run.kill()
+    [half] = tmp.rglob("luigi-s3-tmp-*")  # the downloaded month's went with its upload
+    assert half.stat().st_size > 0
+    month = {"color": "green", "ym": "2021-01"}
+    assert match([key.removeprefix("store/") for key in s3.keys("kills")],
+                 [pattern(layout.RAW, **month), pattern(layout.RAW_META, **month)])
+    rerun = LuigiProcess(tmp_path, config, "CleanMonth", *MONTH, name="rerun", env={**s3.env, "TMPDIR": str(tmp)})
+    assert rerun.finish() == 0, rerun.log[-3000:]
+    [key] = fnmatch.filter(s3.keys("kills"), f"store/{cleaned}")
+    stored = pd.read_parquet(io.BytesIO(s3.client().get_object(Bucket="kills", Key=key)["Body"].read()))
+    expected, _ = clean_trips(read_trips(sampled_tlc / "green_tripdata_2021-01.parquet", "green"), "green")
+    pd.testing.assert_frame_equal(stored, expected.reset_index(drop=True))
 
 
 def test_secret_key_appears_in_no_log_object_or_mlflow_record(first_run, pipeline, s3, mlflow_s3):
