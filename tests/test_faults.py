@@ -284,8 +284,9 @@ class Pipeline:
         elif name.endswith(".png"):
             content = path.read_bytes()
             assert content.startswith(b"\x89PNG") and content.endswith(PNG_END), "not a whole PNG"
-        elif name.endswith(".md"):
-            assert "2021-01" in path.read_text()
+        elif name.endswith(".md"):  # whole: from its title to the last plot, its last line
+            text = path.read_text()
+            assert text.startswith(f"# {MODEL} v") and text.endswith(f"({layout.REPORT_PLOTS[-1]})\n"), "cut short"
         elif name in ("2021-01.json", "2021-02.json"):
             assert json.loads(path.read_text())["rows_clean"] == len(self.cleaned(name.removesuffix(".json")))
         else:

@@ -9,6 +9,7 @@ import fnmatch
 import io
 import json
 import re
+import secrets
 import subprocess
 import time
 from contextlib import contextmanager
@@ -306,6 +307,26 @@ def test_store_down_fails_fast_naming_the_endpoint_and_a_rerun_completes(first_r
     assert match(sorted(set(pipeline.objects()) - set(before)), [
         pattern(template, color="green", ym="2023-01")
         for template in (layout.RAW, layout.RAW_META, layout.CLEAN, layout.CLEAN_STATS)])
+
+
+def test_keys_in_the_query_of_an_s3_source_url_are_recorded_nowhere(pipeline):
+    """An s3:// source URL with keys in its query: S3 reads the query as part of the key, so the month is not found;
+    the run fails naming the URL with *** in place of each key, and no key is in any output, object or file."""
+    planted = {name: f"{name}-{secrets.token_hex(8)}" for name in ("credential", "signature")}
+    source = (f"{pipeline.source}/green_tripdata_{{year}}-{{month:02d}}.parquet?X-Amz-Credential="
+              f"{planted['credential']}&X-Amz-Signature={planted['signature']}")
+    config = pipeline.variant("s3-query", {"source": "${TAXI_TEST_SOURCE}", "store": "s3://taxi/redaction"})
+    failed = pipeline.run("CleanMonth", *MONTH, env={"TAXI_TEST_SOURCE": source}, config=config)
+    assert failed.returncode == 30, failed.stderr[-3000:]
+    shown = f"{pipeline.source}/green_tripdata_2021-01.parquet?X-Amz-Credential=***&X-Amz-Signature=***"
+    assert (f"ERROR: taxi.tasks: DownloadMonth(color=green, year=2021, month=1) failed: MonthNotPublished: green "
+            f"2021-01: {shown} does not exist: the month is not in the S3 mirror; check [taxi] source") in failed.stderr
+    client = pipeline.s3.client()
+    produced = {key: client.get_object(Bucket="taxi", Key=key)["Body"].read() for key in pipeline.s3.keys("taxi")}
+    produced.update({str(path): path.read_bytes() for path in pipeline.workdir.rglob("*") if path.is_file()})
+    produced["output"] = (failed.stdout + failed.stderr).encode()
+    assert [f"{name}: {what}" for name, content in produced.items() for what, secret in planted.items()
+            if secret.encode() in content] == []
 
 
 def test_kill_9_while_a_target_is_written_leaves_no_object_and_the_rerun_completes(s3, tmp_path, sampled_tlc):
