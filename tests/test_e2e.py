@@ -16,7 +16,7 @@ import requests
 import xgboost as xgb
 from mlflow.tracking import MlflowClient
 
-from taxi import features, layout, serving
+from taxi import features, layout, metrics, serving
 from taxi.registry import model_name
 from tests.support.flaky_http import UNAVAILABLE, FlakyMirror
 from tests.support.luigi_process import LuigiProcess, private_lock
@@ -41,7 +41,7 @@ def e2e(tmp_path_factory, tlc_http, mlflow_server):
     return workdir, config, first
 
 
-def test_register_model_completes_and_registers_the_champion(e2e):
+def test_register_model_completes_and_registers_the_champion(e2e, tlc_http):
     workdir, _, first = e2e
     assert first.returncode == 0, first.stderr[-3000:]
     assert "8 ran successfully" in first.stderr
@@ -50,8 +50,15 @@ def test_register_model_completes_and_registers_the_champion(e2e):
     registration = json.loads(run_file(workdir / "data", layout.REGISTRATION).read_text())
     assert int(champion.version) == registration["version"] and champion.run_id == registration["run_id"]
     run = client.get_run(champion.run_id)
-    assert run.data.metrics["val_rmse"] == pytest.approx(registration["val_rmse"])
-    assert run.data.tags["train.source_url"].startswith("http://127.0.0.1:")
+    # both records hold the RMSE of the stored booster, re-scored here on the stored validation matrix
+    store = workdir / "data"
+    X_valid, y_valid = features.load_matrix(str(one_file(store, layout.FEATURES, color="green", ym="2021-01",
+                                                         name="valid.npz")))
+    booster = xgb.Booster()
+    booster.load_model(bytearray(run_file(store, "booster.ubj").read_bytes()))
+    rmse = metrics.rmse(y_valid, booster.inplace_predict(X_valid))
+    assert registration["val_rmse"] == pytest.approx(rmse) and run.data.metrics["val_rmse"] == pytest.approx(rmse)
+    assert run.data.tags["train.source_url"] == f"{tlc_http}/green_tripdata_2021-01.parquet"
 
 
 def test_registered_model_predicts_from_raw_trip_fields(e2e):

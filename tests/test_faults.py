@@ -176,8 +176,8 @@ class Pipeline:
         })
 
     def start(self, name: str, task: str = "RegisterModel", pause_write: str | None = None) -> LuigiProcess:
-        return LuigiProcess(self.workdir, self.config, task, *MONTH, name=name, env={**SECRETS, "TMPDIR": str(self.tmp)},
-                            pause_write=pause_write)
+        return LuigiProcess(self.workdir, self.config, task, *MONTH, name=name,
+                            env={**SECRETS, "TMPDIR": str(self.tmp)}, pause_write=pause_write)
 
     def kill_while_writing(self, step: str, target: str) -> None:
         """Run the pipeline with the write of `target` (a pattern of the store's layout) stopped half way, SIGKILL it
@@ -291,7 +291,8 @@ class Pipeline:
             assert json.loads(path.read_text())["rows_clean"] == len(self.cleaned(name.removesuffix(".json")))
         else:
             content = json.loads(path.read_text())
-            assert {"best_params.json": "params", "train.json": "run_id", "registration.json": "version"}[name] in content
+            key = {"best_params.json": "params", "train.json": "run_id", "registration.json": "version"}[name]
+            assert key in content
 
     @functools.cache
     def cleaned(self, ym: str) -> pd.DataFrame:
