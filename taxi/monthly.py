@@ -15,6 +15,7 @@ import sys
 import luigi.retcodes
 
 from taxi import config, data, schedule, source
+from taxi.urls import redact
 
 log = logging.getLogger("taxi.monthly")  # not __name__: that is "__main__" under python -m
 
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     found = schedule.newest_trainable_month(args.color, where, args.as_of, source.published)
     if found is None:
         log.error("no %s month with its following month published at %s among the %d newest candidates as of %s",
-                  args.color, where, schedule.LOOKBACK_MONTHS, args.as_of)
+                  args.color, redact(where), schedule.LOOKBACK_MONTHS, args.as_of)
         sys.exit(luigi.retcodes.retcode().missing_data)
     month = data.ym(*found)
     log.info("newest trainable %s month as of %s: %s", args.color, args.as_of, month)

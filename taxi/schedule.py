@@ -12,6 +12,7 @@ import logging
 from typing import Callable
 
 from taxi import data
+from taxi.urls import redact
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ def newest_trainable_month(color: str, source: str, today: dt.date, is_published
         url = data.source_url(source, color, year, month)
         if url not in answers:
             answers[url] = is_published(url)
-            log.info("%s %s", url, "is published" if answers[url] else "is not published")
+            log.info("%s %s", redact(url), "is published" if answers[url] else "is not published")
         return answers[url]
 
     year, month = previous_month(*previous_month(today.year, today.month))

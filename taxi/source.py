@@ -55,14 +55,23 @@ def published(url: str, timeout: float = HEAD_TIMEOUT) -> bool:
     file. A server error or an unreachable server raises instead of reading as 'not published'."""
     parsed = urlparse(url)
     if parsed.scheme in ("http", "https"):
-        response = requests.head(url, timeout=timeout, allow_redirects=True)
+        shown = redact(url)
+        try:
+            response = requests.head(url, timeout=timeout, allow_redirects=True)
+        except requests.RequestException as exc:
+            raise TransientSourceError(f"{type(exc).__name__} while asking {shown} whether the month is published: "
+                                       f"{redact_text(str(exc), url)}", type(exc).__name__) from None
         if response.status_code in NOT_PUBLISHED:
             return False
-        response.raise_for_status()
+        if response.status_code >= 500 or response.status_code == 429:
+            raise TransientSourceError(f"HTTP {response.status_code} from {shown}", f"HTTP {response.status_code}")
+        if response.status_code >= 400:
+            raise DataError(f"HTTP {response.status_code} {response.reason} for {shown}: check [taxi] source")
         return True
     if storage.is_s3(url):
-        prefix, name = url.rsplit("/", 1)
-        return storage.target(prefix, name).exists()
+        client = storage.s3_client()
+        with storage.s3_errors_named(client, redact(url)):
+            return client.exists(url)
     return os.path.isfile(_local_path(url))
 
 
@@ -98,10 +107,10 @@ def _local_path(url: str) -> str:
 
 def _fetch_s3(url: str, dest: str) -> None:
     """Copy an s3:// object (a team mirror of the TLC files) to a local path."""
-    client = storage.s3_client()
-    with storage.s3_errors_named(client, url):
+    client, shown = storage.s3_client(), redact(url)
+    with storage.s3_errors_named(client, shown):
         if not client.exists(url):
-            raise MonthNotPublished(f"{url} does not exist: the month is not in the S3 mirror; check [taxi] source")
+            raise MonthNotPublished(f"{shown} does not exist: the month is not in the S3 mirror; check [taxi] source")
         client.get(url, dest)
 
 

@@ -6,7 +6,7 @@ import fcntl
 import logging
 import os
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Callable, Iterator
 
 import mlflow
@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 TASK_TAG = "taxi.task_id"  # on a run: the Luigi task that logged it
 STAGE_TAG = "taxi.stage"  # on a run: tuning or training
+PARTIAL_DATABASE = ".creating"  # a new sqlite tracking database, until it is whole: <database>.creating
 
 
 class TrackingUnavailable(RuntimeError):
@@ -48,11 +49,13 @@ def connect(tracking_uri: str, experiment: str, artifact_location: str | None = 
                 f"(scripts/services start) or set [mlflow] tracking_uri / MLFLOW_TRACKING_URI"
             ) from None
     with local_registry_lock(tracking_uri):  # two processes creating one new sqlite database at once fail
+        database = local_database(tracking_uri)
+        if database not in (None, ":memory:"):
+            create_local_database(database)
         mlflow.set_tracking_uri(tracking_uri)
         if mlflow.get_experiment_by_name(experiment) is None and artifact_location and not server:
             mlflow.create_experiment(experiment, artifact_location=artifact_location)
         mlflow.set_experiment(experiment)
-        MlflowClient().search_registered_models(max_results=1)  # creates the registry's tables too
     return tracking_uri
 
 
@@ -118,6 +121,31 @@ def local_database(tracking_uri: str) -> str | None:
     if not tracking_uri.startswith("sqlite:"):
         return None
     return make_url(tracking_uri).database or None
+
+
+def create_local_database(database: str) -> None:
+    """Make a missing sqlite tracking database whole under a temporary name, then move it into place (a kill during
+    MLflow's migrations leaves no half-made database); remove what a killed attempt left. Under local_registry_lock."""
+    partial = f"{database}{PARTIAL_DATABASE}"
+    for leftover in (partial, f"{partial}-journal"):
+        with suppress(FileNotFoundError):
+            os.remove(leftover)
+    if os.path.exists(database):
+        return
+    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
+    from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as TrackingStore
+
+    uri = f"sqlite:///{os.path.abspath(partial)}"
+    try:
+        TrackingStore(uri, DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH)  # creates every table, as MLflow's first use does
+        RegistryStore(uri)
+    finally:  # each store class caches an engine per URI: drop this one's, or a later database of that name is
+        for store in (TrackingStore, RegistryStore):  # read through its stale connections
+            engine = store._engine_map.pop(uri, None)
+            if engine is not None:
+                engine.dispose()
+    os.replace(partial, database)
 
 
 @contextmanager

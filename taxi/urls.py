@@ -34,14 +34,14 @@ def tracking_identity(tracking_uri: str) -> str:
 
 
 def redact(url: str) -> str:
-    """`url` with its user info and every query value replaced by ***."""
+    """`url` with its user info and every query value (a bare token too) replaced by ***."""
     parts = urlsplit(url)
     if not parts.scheme or ("@" not in parts.netloc and not parts.query):
         return url
     netloc = parts.netloc
     if "@" in netloc:
         netloc = f"{REDACTED}@{netloc.rsplit('@', 1)[1]}"
-    query = "&".join(f"{pair.split('=', 1)[0]}={REDACTED}" if "=" in pair else pair
+    query = "&".join(f"{pair.split('=', 1)[0]}={REDACTED}" if "=" in pair else REDACTED if pair else pair
                      for pair in parts.query.split("&")) if parts.query else ""
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
@@ -54,14 +54,15 @@ def redact_text(text: str, url: str) -> str:
 
 
 def _secrets(url: str) -> set[str]:
-    """The password (or a user name standing alone, as a token would) and the query values long enough to be keys
-    or signatures, raw and decoded."""
+    """The password (or a user name standing alone, as a token would) and the query values (or bare tokens) long
+    enough to be keys or signatures, raw and decoded."""
     parts = urlsplit(url)
     found = set()
     if "@" in parts.netloc:
         userinfo = parts.netloc.rsplit("@", 1)[0]
         password = userinfo.partition(":")[2]
         found |= {userinfo, password} if password else {userinfo}
-    values = [pair.partition("=")[2] for pair in parts.query.split("&")] + [v for _, v in parse_qsl(parts.query)]
+    values = [pair.partition("=")[2] if "=" in pair else pair for pair in parts.query.split("&")]
+    values += [value for _, value in parse_qsl(parts.query)]
     found |= {value for value in values if len(value) >= MIN_QUERY_SECRET}
     return {secret for secret in found if secret}

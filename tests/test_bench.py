@@ -1,61 +1,60 @@
 """Synthetic months and the benchmark, on sizes small enough for CI (no timing assertions)."""
 
 import json
+import os
 import subprocess
+import sys
 
 import numpy as np
 import pyarrow.compute as pc
 import pytest
+import xgboost as xgb
 
-from bench import synthetic
-from taxi import data, layout
+from bench import course, synthetic
+from taxi import data, features, layout, metrics
 from tests.support.paths import ROOT
 from tests.support.store import one_file, run_file
 
 STAGES = {"read", "clean", "features", "read+clean+features", "train", "predict"}
 
 
+# Linux hands a process its parent's peak RSS when it is started (vfork + exec), so the bench is started by this
+# small launcher, whose children start afresh, and which writes the peak RSS (KiB) of the bench and every process
+# it waited for, as the kernel reports it to wait4, to the file argv[1].
+LAUNCHER = ("import os, subprocess, sys\n"
+            "child = subprocess.Popen(sys.argv[2:])\n"
+            "_, status, usage = os.wait4(child.pid, 0)\n"
+            "open(sys.argv[1], 'w').write(str(usage.ru_maxrss))\n"
+            "sys.exit(os.waitstatus_to_exitcode(status))\n")
+
+
+def run_measured(argv: list[str], workdir) -> tuple[subprocess.CompletedProcess, float]:
+    """`argv` run to its end; (the result, the peak RSS in MB of its process tree)."""
+    done = subprocess.run([sys.executable, "-c", LAUNCHER, str(workdir / "peak"), *argv], capture_output=True,
+                          text=True, timeout=300)
+    return done, int((workdir / "peak").read_text()) / 1024
+
+
 @pytest.fixture(scope="module")
-def source(tlc_dir):
-    return synthetic.read_sources([str(tlc_dir / "green_tripdata_2021-01.parquet"),
-                                   str(tlc_dir / "green_tripdata_2023-02.parquet")])
-
-
-def test_synthetic_month_is_deterministic_and_named_for_its_color(source):
-    month = synthetic.make_month(source, 5_000, "yellow", 2024, 2, seed=7)
-    assert month.equals(synthetic.make_month(source, 5_000, "yellow", 2024, 2, seed=7))
-    assert not month.equals(synthetic.make_month(source, 5_000, "yellow", 2024, 2, seed=8))
-    assert month.num_rows == 5_000
-    assert set(data.required_columns("yellow")) <= set(month.column_names)
-    assert "airport_fee" in month.column_names and "ehail_fee" not in month.column_names
-
-
-def test_synthetic_trips_start_in_the_target_month_and_keep_their_durations(source):
-    month = synthetic.make_month(source, 20_000, "green", 2021, 2, seed=1)
-    pickup = month["lpep_pickup_datetime"].to_numpy()
-    assert pickup.min() >= np.datetime64("2021-02-01") and pickup.max() < np.datetime64("2021-03-01")
-    picks = np.random.default_rng(1).integers(0, source.num_rows, size=20_000)
-    original = (pc.subtract(source["dropoff_datetime"], source["pickup_datetime"]).to_numpy())[picks]
-    np.testing.assert_array_equal(month["lpep_dropoff_datetime"].to_numpy() - pickup, original)
-
-
-def test_synthetic_cli_writes_a_parquet_the_pipeline_reads(tmp_path, tlc_dir):
-    out = tmp_path / "yellow_tripdata_2021-03.parquet"
-    subprocess.run([str(ROOT / "scripts" / "make_synthetic_month"), "--color", "yellow", "--year", "2021",
-                    "--month", "3", "--rows", "1000", "--source", str(tlc_dir / "green_tripdata_2021-01.parquet"),
-                    str(out)], check=True, capture_output=True, timeout=120)
-    assert data.check_raw(str(out), "yellow", "synthetic month") == 1000
-    cleaned, _ = data.clean_trips(data.read_trips(out, "yellow"), "yellow")
-    assert len(cleaned) > 900
+def import_rss_mb() -> dict[str, float]:
+    """For each side of the bench, the peak RSS in MB of a fresh process that only imports what that side imports
+    (the high-water mark of its own memory, VmHWM, not the parent's a process inherits in ru_maxrss)."""
+    imports = {"course": "import bench.speed",
+               "pipeline": "import bench.speed\nfrom taxi import data, features, metrics, serving, training"}
+    peak = "import re\nprint(re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read())[1])"
+    return {side: int(subprocess.run([sys.executable, "-c", f"{code}\n{peak}"], cwd=ROOT, capture_output=True,
+                                     text=True, timeout=120, check=True).stdout) / 1024
+            for side, code in imports.items()}
 
 
 @pytest.mark.parametrize("options,checks", [
     ([], {"clean_rows", "feature_names", "feature_matrices", "predictions", "rmse"}),
     (["--skip-training"], {"clean_rows", "feature_names", "feature_matrices"}),
 ])
-def test_bench_finds_the_pipeline_identical_to_the_course(tlc_dir, options, checks):
-    result = subprocess.run([str(ROOT / "scripts" / "bench"), "--rows", "20000", "--rounds", "5",
-                             "--source-dir", str(tlc_dir), *options], capture_output=True, text=True, timeout=300)
+def test_bench_finds_the_pipeline_identical_to_the_course(tlc_dir, tmp_path, options, checks, import_rss_mb):
+    result, tree_peak_mb = run_measured(
+        [str(ROOT / "scripts" / "bench"), "--rows", "20000", "--rounds", "5", "--source-dir", str(tlc_dir), *options],
+        tmp_path)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["rows"] == 20_000
@@ -64,7 +63,13 @@ def test_bench_finds_the_pipeline_identical_to_the_course(tlc_dir, options, chec
     for side in ("course", "pipeline"):
         assert set(summary["seconds"][side]) == stages
     assert set(summary["speedup"]) >= stages
-    assert summary["peak_rss_mb"]["read+clean+features"]["pipeline"] > 0
+    # each side's peak, measured in its own process: at least what its imports take (measured here in a fresh
+    # process), at most the peak of the bench's whole process tree (as the kernel reports it here)
+    peaks = summary["peak_rss_mb"]
+    for side in ("course", "pipeline"):
+        side_peaks = (peaks["read+clean+features"][side], peaks["overall"][side])
+        assert import_rss_mb[side] <= side_peaks[0] <= side_peaks[1] <= tree_peak_mb + 1, (peaks, import_rss_mb,
+                                                                                           tree_peak_mb)
 
 
 def test_bench_register_times_the_new_and_the_old_tuning_and_a_rerun_that_does_nothing(tlc_dir, tmp_path):
@@ -82,6 +87,11 @@ def test_bench_register_times_the_new_and_the_old_tuning_and_a_rerun_that_does_n
         tuned = json.loads(one_file(store, layout.TUNING, color="green", ym="2021-01").read_text())
         figures = summary["sides"][side]
         assert figures["val_rmse"] == registration["val_rmse"] and registration["version"] == 1
+        X_valid, y_valid = features.load_matrix(str(one_file(store, layout.FEATURES, color="green", ym="2021-01",
+                                                             name="valid.npz")))
+        booster = xgb.Booster()
+        booster.load_model(bytearray(run_file(store, "booster.ubj").read_bytes()))
+        assert figures["val_rmse"] == pytest.approx(metrics.rmse(y_valid, booster.inplace_predict(X_valid)))
         assert figures["trials"] == tuned["trials"] == 2 and tuned["params"]["grow_policy"] == policy
         assert 0 < figures["tune_seconds"] < figures["total_seconds"]
     assert {k: summary[k] for k in ("tune_seconds", "total_seconds", "val_rmse", "peak_rss_mb")} == {
@@ -89,7 +99,14 @@ def test_bench_register_times_the_new_and_the_old_tuning_and_a_rerun_that_does_n
     assert "ran successfully" in (workdir / "new-0" / "run.log").read_text()
     assert "ran successfully" not in (workdir / "new-0" / "rerun.log").read_text()
     assert 0 < summary["sides"]["new"]["rerun_seconds"] < summary["total_seconds"]
-    assert 0 < summary["course_params_val_rmse"] < 60  # minutes, on the same matrices
+    # the course's fixed parameters trained here by the course's own code on the run's feature matrices
+    matrices = {name: features.load_matrix(str(one_file(workdir / "new-0" / "store", layout.FEATURES, color="green",
+                                                             ym="2021-01", name=name)))
+                for name in ("train.npz", "valid.npz")}
+    (X_train, y_train), (X_valid, y_valid) = matrices["train.npz"], matrices["valid.npz"]
+    booster = course.course_train(X_train, y_train, rounds=5)
+    rmse = course.course_rmse(y_valid, course.course_predict(booster, X_valid))
+    assert summary["course_params_val_rmse"] == pytest.approx(rmse, rel=1e-4)
     assert set(summary["goals"]) == {"complete rerun under 3 s", "validation RMSE better than the course params",
                                      "whole run at most 5 min", "validation RMSE no worse than the old tuning's"}
     assert "| validation RMSE | " in result.stdout and "new tuning | old tuning" in result.stdout

@@ -16,10 +16,10 @@ import requests
 import xgboost as xgb
 from mlflow.tracking import MlflowClient
 
-from taxi import data, features, layout, serving
+from taxi import data, features, layout, metrics, serving
 from taxi.registry import model_name
 from tests.support.flaky_http import UNAVAILABLE, FlakyMirror
-from tests.support.luigi_process import private_lock
+from tests.support.luigi_process import LuigiProcess, private_lock
 from tests.support.runs import SMALL_TUNING, run_luigi, write_config
 from tests.support.services import mlflow_service
 from tests.support.store import one_file, run_file
@@ -41,7 +41,7 @@ def e2e(tmp_path_factory, tlc_http, mlflow_server):
     return workdir, config, first
 
 
-def test_register_model_completes_and_registers_the_champion(e2e):
+def test_register_model_completes_and_registers_the_champion(e2e, tlc_http):
     workdir, _, first = e2e
     assert first.returncode == 0, first.stderr[-3000:]
     assert "8 ran successfully" in first.stderr
@@ -50,8 +50,15 @@ def test_register_model_completes_and_registers_the_champion(e2e):
     registration = json.loads(run_file(workdir / "data", layout.REGISTRATION).read_text())
     assert int(champion.version) == registration["version"] and champion.run_id == registration["run_id"]
     run = client.get_run(champion.run_id)
-    assert run.data.metrics["val_rmse"] == pytest.approx(registration["val_rmse"])
-    assert run.data.tags["train.source_url"].startswith("http://127.0.0.1:")
+    # both records hold the RMSE of the stored booster, re-scored here on the stored validation matrix
+    store = workdir / "data"
+    X_valid, y_valid = features.load_matrix(str(one_file(store, layout.FEATURES, color="green", ym="2021-01",
+                                                         name="valid.npz")))
+    booster = xgb.Booster()
+    booster.load_model(bytearray(run_file(store, "booster.ubj").read_bytes()))
+    rmse = metrics.rmse(y_valid, booster.inplace_predict(X_valid))
+    assert registration["val_rmse"] == pytest.approx(rmse) and run.data.metrics["val_rmse"] == pytest.approx(rmse)
+    assert run.data.tags["train.source_url"] == f"{tlc_http}/green_tripdata_2021-01.parquet"
 
 
 def test_registered_model_predicts_from_raw_trip_fields(e2e):
@@ -159,17 +166,16 @@ def test_unpublished_month_fails_at_once_naming_the_url(e2e, tlc_http):
 
 
 def test_credentials_in_the_tracking_uri_and_the_source_url_are_recorded_nowhere(tmp_path, sampled_tlc):
-    """A password in MLFLOW_TRACKING_URI, and a password and a presigned query in the source URL (a 503 first, so a
-    retry is logged, and a month the source lacks): none of them in any output, log, target, report or MLflow
-    record; the URLs are recorded with *** in their place."""
-    planted = {name: f"{name}-{secrets.token_hex(8)}" for name in ("trackingpass", "sourcepass", "credential",
-                                                                     "signature")}
+    """A password in MLFLOW_TRACKING_URI, and a source URL whose only secrets are its presigned query (a 503 first, so
+    a retry is logged; a month the source lacks; run-monthly probing it, once failing on a 503): none of them in any
+    output, log, target, report, MLflow record or the server's database; the URLs are recorded with *** in their
+    place. Every other form of URL secret: test_secrets_in_a_source_url_are_recorded_nowhere."""
+    planted = {name: f"{name}-{secrets.token_hex(8)}" for name in ("trackingpass", "credential", "signature")}
     server = mlflow_service(tmp_path / "mlflow").start()
     try:
         with FlakyMirror(sampled_tlc) as mirror:
-            source = (f"http://taxi:{planted['sourcepass']}@{mirror.url.split('//')[1]}/green_tripdata_{{year}}-"
-                      f"{{month:02d}}.parquet?X-Amz-Credential={planted['credential']}&X-Amz-Signature="
-                      f"{planted['signature']}")
+            source = (f"{mirror.url}/green_tripdata_{{year}}-{{month:02d}}.parquet?X-Amz-Credential="
+                      f"{planted['credential']}&X-Amz-Signature={planted['signature']}")
             env = {"TAXI_TEST_SOURCE": source,
                    "MLFLOW_TRACKING_URI": f"http://taxi:{planted['trackingpass']}@127.0.0.1:{server.port}"}
             config = write_config(tmp_path / "secret-free.cfg", {
@@ -178,25 +184,92 @@ def test_credentials_in_the_tracking_uri_and_the_source_url_are_recorded_nowhere
             mirror.script = [UNAVAILABLE]
             done = run_luigi(tmp_path, config, "RegisterModel", "--year", "2021", "--month", "1", env=env)
             missing = run_luigi(tmp_path, config, "DownloadMonth", "--year", "2020", "--month", "5", env=env)
+            nothing_published = run_monthly(tmp_path, config, "2020-08-01", env)
+            mirror.script = [UNAVAILABLE]
+            probe_failed = run_monthly(tmp_path, config, "2021-03-20", env)
+        trained = json.loads(run_file(tmp_path / "store", "train.json").read_text())
+        tags = MlflowClient(tracking_uri=server.url).get_run(trained["run_id"]).data.tags  # as the server has them
     finally:
         server.stop()
     assert done.returncode == 0, done.stderr[-3000:]
     assert missing.returncode == 30, missing.stderr[-3000:]
-    redacted = f"http://***@{mirror.url.split('//')[1]}/green_tripdata_2021-02.parquet?X-Amz-Credential=***&" \
-               f"X-Amz-Signature=***"
+    query = "X-Amz-Credential=***&X-Amz-Signature=***"
+    redacted = f"{mirror.url}/green_tripdata_2021-02.parquet?{query}"
     assert f"download of {redacted} failed (HTTP 503); retry 1/4 in 0.1s" in done.stderr
-    assert "HTTP 404 for http://***@" in missing.stderr
+    assert f"HTTP 404 for {redacted.replace('2021-02', '2020-05')}: the month is not published" in missing.stderr
+    assert nothing_published.returncode == 20, nothing_published.stderr[-3000:]  # [retcode] missing_data
+    assert f"{redacted.replace('2021-02', '2020-07')} is not published" in nothing_published.stderr
+    assert (f"no green month with its following month published at {mirror.url}/green_tripdata_{{year}}-"
+            f"{{month:02d}}.parquet?{query} among") in nothing_published.stderr
+    assert probe_failed.returncode != 0 and f"TransientSourceError: HTTP 503 from {redacted}" in probe_failed.stderr
     registration = json.loads(run_file(tmp_path / "store", layout.REGISTRATION).read_text())
     assert registration["tracking_uri"] == server.url
-    assert json.loads(one_file(tmp_path / "store", layout.RAW_META, color="green", ym="2021-02").read_text())[
-        "source_url"] == redacted
+    for ym in ("2021-01", "2021-02"):
+        shown = redacted.replace("2021-02", ym)
+        assert json.loads(one_file(tmp_path / "store", layout.RAW_META, color="green", ym=ym).read_text())[
+            "source_url"] == shown
+        assert json.loads(one_file(tmp_path / "store", layout.CLEAN_STATS, color="green", ym=ym).read_text())[
+            "source_url"] == shown
     report = run_file(tmp_path / "store", layout.REPORT).read_text()
     assert f"`{redacted.replace('2021-02', '2021-01')}`" in report
+    assert (tags["train.source_url"], tags["valid.source_url"]) == (redacted.replace("2021-02", "2021-01"), redacted)
     produced = {str(path): path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
-    produced.update(stdout=done.stdout.encode(), stderr=done.stderr.encode(), missing=missing.stderr.encode())
+    produced.update({f"{name} {stream}": getattr(ran, stream).encode()
+                     for name, ran in (("run", done), ("missing", missing), ("nothing published", nothing_published),
+                                       ("probe failed", probe_failed)) for stream in ("stdout", "stderr")})
     assert any("mlflow.db" in name for name in produced) and any("MLmodel" in name for name in produced)
     leaks = [f"{name}: {what}" for name, content in produced.items() for what, secret in planted.items()
              if secret.encode() in content]
+    assert leaks == []
+
+
+def run_monthly(workdir: Path, config: Path, as_of: str, env: dict) -> subprocess.CompletedProcess:
+    """scripts/run-monthly's program (`python -m taxi.monthly green --as-of AS_OF`) as a timer runs it."""
+    return subprocess.run([sys.executable, "-m", "taxi.monthly", "green", "--as-of", as_of], cwd=workdir,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "LUIGI_CONFIG_PATH": str(config), **env})
+
+
+# How a source URL carries its secrets, and how it must be recorded: {netloc} is the mirror's host and port,
+# {file} the month's file, the rest are secrets the test plants. The query-only form is the full run above.
+SOURCE_FORMS = {
+    "user-password": ("127.0.0.1", "http://taxi:{password}@{netloc}/{file}", "http://***@{netloc}/{file}"),
+    "user-only": ("127.0.0.1", "http://{token}@{netloc}/{file}", "http://***@{netloc}/{file}"),
+    "user-password-and-query": (
+        "127.0.0.1", "http://taxi:{password}@{netloc}/{file}?X-Amz-Credential={credential}&X-Amz-Signature={signature}",
+        "http://***@{netloc}/{file}?X-Amz-Credential=***&X-Amz-Signature=***"),
+    "ipv6-user-password-and-token": ("::1", "http://taxi:{password}@{netloc}/{file}?{token}",
+                                     "http://***@{netloc}/{file}?***"),
+}
+
+
+@pytest.mark.parametrize("host,source,recorded", SOURCE_FORMS.values(), ids=SOURCE_FORMS)
+def test_secrets_in_a_source_url_are_recorded_nowhere(tmp_path, sampled_tlc, host, source, recorded):
+    """CleanMonth from a mirror (a 503 first, so a retry is logged) and a month the mirror lacks, with secrets in the
+    source URL: the URL is logged, and recorded in the raw month's and the cleaned month's JSON, with *** in their
+    place (its port and IPv6 host kept), and no secret is in any file the runs wrote or printed."""
+    planted = {name: f"{name}-{secrets.token_hex(8)}" for name in ("password", "token", "credential", "signature")}
+    config = write_config(tmp_path / "source.cfg", {
+        "taxi": {"source": "${TAXI_TEST_SOURCE}", "store": str(tmp_path / "store"), "retry_backoff": "0.1",
+                 "download_retries": "1"}, "core": private_lock(tmp_path)})
+    with FlakyMirror(sampled_tlc, host=host) as mirror:
+        netloc = mirror.url.split("//")[1]
+        env = {"TAXI_TEST_SOURCE": source.format(netloc=netloc, file="green_tripdata_{year}-{month:02d}.parquet",
+                                                 **planted)}
+        mirror.script = [UNAVAILABLE]  # the month the mirror lacks takes nothing from the script
+        cleaned = LuigiProcess(tmp_path, config, "CleanMonth", *MONTH, name="clean", env=env)
+        missing = LuigiProcess(tmp_path, config, "DownloadMonth", "--year", "2020", "--month", "5", name="missing",
+                               env=env)
+        assert cleaned.finish() == 0, cleaned.log[-3000:]
+        assert missing.finish() == 30, missing.log[-3000:]
+    shown = recorded.format(netloc=netloc, file="green_tripdata_2021-01.parquet")
+    assert f"download of {shown} failed (HTTP 503); retry 1/1 in 0.1s" in cleaned.log
+    assert f"HTTP 404 for {shown.replace('2021-01', '2020-05')}: the month is not published" in missing.log
+    for template in (layout.RAW_META, layout.CLEAN_STATS):
+        assert json.loads(one_file(tmp_path / "store", template, color="green", ym="2021-01").read_text())[
+            "source_url"] == shown
+    leaks = [f"{path}: {name}" for path in tmp_path.rglob("*") if path.is_file()
+             for name, secret in planted.items() if secret.encode() in path.read_bytes()]
     assert leaks == []
 
 

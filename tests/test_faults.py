@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import ast
 import fnmatch
+import functools
+import glob
 import json
 import os
 import pickle
 import re
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -23,7 +27,7 @@ import requests
 import xgboost as xgb
 from mlflow.tracking import MlflowClient
 
-from taxi import data, features, layout
+from taxi import data, features, layout, tracking
 from taxi.registry import model_name
 from tests.support.flaky_http import DROP, FORBIDDEN, GZIP, OK, SHORT, SLOW, STALL, UNAVAILABLE, FlakyMirror
 from tests.support.luigi_process import LuigiProcess, private_lock
@@ -132,7 +136,8 @@ def test_unpublished_month_fails_at_once_naming_month_and_url_first(tmp_path, fl
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# 3, 4. One pipeline, SIGKILLed in each task in turn, with the MLflow server stopped before RegisterModel once.
+# 3, 4. One pipeline, SIGKILLed in each task in turn (while it writes a target, or while its MLflow runs are open),
+# with the MLflow server stopped before RegisterModel once.
 
 
 @dataclass
@@ -145,7 +150,9 @@ class Step:
     complete: set[str]  # tasks whose every output exists
     invalid: list[str]  # files at target paths whose content is wrong
     versions: int | None  # registered versions of the model (None: server down)
-    temporary: list[str]  # what is in the runs' TMPDIR afterwards
+    temporary: dict[str, bytes]  # the files in the runs' TMPDIR afterwards, relative to it
+    written: list[str]  # files that appeared, not empty, beside the target being written when the kill came
+    stored: list[str]  # every file in the store afterwards, relative to it
 
 
 class Pipeline:
@@ -168,17 +175,36 @@ class Pipeline:
             "core": private_lock(workdir),
         })
 
-    def start(self, name: str, task: str = "RegisterModel") -> LuigiProcess:
-        return LuigiProcess(self.workdir, self.config, task, *MONTH, name=name, env={**SECRETS, "TMPDIR": str(self.tmp)})
+    def start(self, name: str, task: str = "RegisterModel", pause_write: str | None = None) -> LuigiProcess:
+        return LuigiProcess(self.workdir, self.config, task, *MONTH, name=name,
+                            env={**SECRETS, "TMPDIR": str(self.tmp)}, pause_write=pause_write)
 
-    def record(self, name: str, run: LuigiProcess) -> None:
+    def kill_while_writing(self, step: str, target: str) -> None:
+        """Run the pipeline with the write of `target` (a pattern of the store's layout) stopped half way, SIGKILL it
+        once bytes of that write are on disk (in a temporary file, or at the target path itself), and record."""
+        before = set(self.store.glob(f"{target}*"))
+
+        def written() -> list[str]:
+            return sorted(str(path.relative_to(self.store)) for path in set(self.store.glob(f"{target}*")) - before
+                          if path.stat().st_size > 0)
+
+        run = self.start(f"kill-in-{step}", pause_write=str(self.store / target))
+        try:
+            run.wait_until(lambda: bool(written()), f"bytes of {target} written")
+            run.kill()
+        except AssertionError:  # the run ended first (on a broken target?): recorded, for the tests to report
+            pass
+        self.record(step, run, written())
+
+    def record(self, name: str, run: LuigiProcess, written: list[str] | None = None) -> None:
         text = run.log
         self.steps[name] = Step(text, run.proc.returncode, luigi_ran(text), self.complete_tasks(),
-                                self.invalid_targets(), self.versions(), self.temporary_files())
+                                self.invalid_targets(), self.versions(), self.temporary_files(), written or [],
+                                [str(path.relative_to(self.store)) for path in store_files(self.store)])
 
-    def temporary_files(self) -> list[str]:
-        """Everything in the runs' TMPDIR, relative to it."""
-        return sorted(str(p.relative_to(self.tmp)) for p in self.tmp.rglob("*"))
+    def temporary_files(self) -> dict[str, bytes]:
+        """Every file in the runs' TMPDIR, relative to it."""
+        return {str(p.relative_to(self.tmp)): p.read_bytes() for p in sorted(self.tmp.rglob("*")) if p.is_file()}
 
     def run_statuses(self) -> dict[str, list[str]]:
         """The status of every MLflow run, by the stage tag of the run (or of its parent, for trials)."""
@@ -200,10 +226,11 @@ class Pipeline:
             return None
         return len(self.client().search_model_versions(f"name='{MODEL}'"))
 
-    def training_run_started(self) -> bool:
+    def trial_running(self) -> bool:
+        """Whether a tuning trial (a nested run) is open in MLflow."""
         experiment = self.client().get_experiment_by_name("taxi-duration")
         return experiment is not None and bool(self.client().search_runs(
-            [experiment.experiment_id], "tags.`taxi.stage` = 'training'"))
+            [experiment.experiment_id], "attributes.status = 'RUNNING' and tags.`mlflow.parentRunId` != ''"))
 
     def outputs(self) -> dict[str, list[str]]:
         """Every task's outputs as patterns of the store's layout (taxi.layout; any key: one setting per task here)."""
@@ -246,9 +273,7 @@ class Pipeline:
             else:
                 assert path.read_bytes() == source.read_bytes(), "differs from the source"
         elif name.endswith(".parquet"):
-            rows = pq.read_metadata(path).num_rows
-            stats = path.with_suffix(".json")
-            assert not stats.exists() or rows == json.loads(stats.read_text())["rows_clean"]
+            pd.testing.assert_frame_equal(pd.read_parquet(path), self.cleaned(name.removesuffix(".parquet")))
         elif name.endswith(".npz"):
             X, y = features.load_matrix(str(path))
             assert X.shape[0] == len(y) > 0
@@ -259,20 +284,39 @@ class Pipeline:
         elif name.endswith(".png"):
             content = path.read_bytes()
             assert content.startswith(b"\x89PNG") and content.endswith(PNG_END), "not a whole PNG"
-        elif name.endswith(".md"):
-            assert "2021-01" in path.read_text()
+        elif name.endswith(".md"):  # whole: from its title to the last plot, its last line
+            text = path.read_text()
+            assert text.startswith(f"# {MODEL} v") and text.endswith(f"({layout.REPORT_PLOTS[-1]})\n"), "cut short"
+        elif name in ("2021-01.json", "2021-02.json"):
+            assert json.loads(path.read_text())["rows_clean"] == len(self.cleaned(name.removesuffix(".json")))
         else:
             content = json.loads(path.read_text())
-            assert {"best_params.json": "params", "train.json": "run_id", "registration.json": "version",
-                    "2021-01.json": "rows_clean", "2021-02.json": "rows_clean"}[name] in content
+            key = {"best_params.json": "params", "train.json": "run_id", "registration.json": "version"}[name]
+            assert key in content
+
+    @functools.cache
+    def cleaned(self, ym: str) -> pd.DataFrame:
+        """The month cleaned here, from the source file, as CleanMonth should have stored it."""
+        trips, _ = data.clean_trips(data.read_trips(self.tlc_dir / data.tlc_filename("green", *map(int, ym.split("-"))),
+                                                    "green"), "green")
+        return trips.reset_index(drop=True)
+
+
+# the target each step's kill interrupts the write of
+WRITTEN_IN = {"features": pattern(layout.FEATURES, color="green", ym="2021-01", name="train.npz"),
+              "tune": pattern(layout.TUNING, color="green", ym="2021-01"),
+              "train": pattern(layout.RUN, color="green", ym="2021-01", name="train.json"),
+              "register": pattern(layout.RUN, color="green", ym="2021-01", name=layout.REGISTRATION)}
 
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory, sampled_tlc) -> Iterator[Pipeline]:
     """On 8000 real trips of each month (`sampled_tlc`), which tune and train in seconds, the whole sequence, each step
-    recorded: kill in download, features, tune, train; finish training; stop
-    MLflow and try to register; restart MLflow; kill in register; rerun to the end. (Cleaning 8000 rows takes
-    milliseconds, too short to kill it reliably: test_kill_9_in_clean_of_a_large_month does that.)"""
+    recorded: kill mid-body in download; kill while BuildFeatures writes train.npz; kill while a tuning trial runs;
+    kill while TuneHyperparams writes best_params.json, while TrainModel writes train.json; finish training; stop
+    MLflow and try to register; restart MLflow; kill while RegisterModel writes registration.json (the version is
+    registered by then); rerun to the end. Each write is stopped half way (tests/support/paused_writes.py) so that
+    the kill lands inside it; test_kill_9_while_a_large_month_is_cleaned_and_written kills a real, slow write."""
     workdir = tmp_path_factory.mktemp("faults")
     mlflow = mlflow_service(workdir / "mlflow").start()
     try:
@@ -283,15 +327,13 @@ def pipeline(tmp_path_factory, sampled_tlc) -> Iterator[Pipeline]:
             run.wait_until(mirror.half_sent.is_set, "half of the first month sent")
             run.kill()
             pipe.record("download", run)
-            for step, pattern in (("features", r"running +BuildFeatures\("), ("tune", r"trial 1/\d+: val_rmse")):
-                run = pipe.start(f"kill-in-{step}")
-                run.wait_for_line(pattern)
-                run.kill()
-                pipe.record(step, run)
-            run = pipe.start("kill-in-train")
-            run.wait_until(pipe.training_run_started, "an MLflow training run")
+            pipe.kill_while_writing("features", WRITTEN_IN["features"])
+            run = pipe.start("kill-in-trial")
+            run.wait_until(pipe.trial_running, "a tuning trial running")
             run.kill()
-            pipe.record("train", run)
+            pipe.record("trial", run)
+            pipe.kill_while_writing("tune", WRITTEN_IN["tune"])
+            pipe.kill_while_writing("train", WRITTEN_IN["train"])
             run = pipe.start("finish-training", "TrainModel")
             run.finish()
             pipe.record("finish-training", run)
@@ -300,10 +342,7 @@ def pipeline(tmp_path_factory, sampled_tlc) -> Iterator[Pipeline]:
             run.finish()
             pipe.record("mlflow-down", run)
             mlflow.start()
-            run = pipe.start("kill-in-register")
-            run.wait_for_line(rf"{MODEL} version \d+: ")
-            run.kill()
-            pipe.record("register", run)
+            pipe.kill_while_writing("register", WRITTEN_IN["register"])
             run = pipe.start("rerun")
             run.finish()
             pipe.record("rerun", run)
@@ -312,7 +351,7 @@ def pipeline(tmp_path_factory, sampled_tlc) -> Iterator[Pipeline]:
         mlflow.stop()
 
 
-KILLED_IN = {"download": "DownloadMonth 2021-02", "features": "BuildFeatures",
+KILLED_IN = {"download": "DownloadMonth 2021-02", "features": "BuildFeatures", "trial": "TuneHyperparams",
              "tune": "TuneHyperparams", "train": "TrainModel", "register": "RegisterModel"}
 
 
@@ -320,25 +359,39 @@ KILLED_IN = {"download": "DownloadMonth 2021-02", "features": "BuildFeatures",
 def test_kill_9_in_a_task_leaves_no_target_that_looks_complete_with_wrong_content(pipeline, step):
     """Every file at a target path is whole and right; the killed task does not look complete."""
     recorded = pipeline.steps[step]
-    assert recorded.returncode == -9
+    assert recorded.returncode == -9, recorded.log[-3000:]
     assert recorded.ran[-1] == KILLED_IN[step]
     assert recorded.invalid == []
     assert KILLED_IN[step] not in recorded.complete
 
 
-def test_kill_9_in_clean_of_a_large_month(tmp_path, tlc_dir):
-    """2.3 M real rows (green 2021-01 thirty times) take long enough to clean that the kill lands inside CleanMonth:
-    the downloaded month stays whole, no cleaned file exists, and the rerun cleans all rows."""
+@pytest.mark.parametrize("step", list(WRITTEN_IN))
+def test_kill_9_while_a_task_writes_a_target_leaves_its_bytes_only_in_a_temporary_file(pipeline, step):
+    """The kill came with half of the target written: those bytes are in a temporary file beside the target, and
+    nothing is at the target path itself."""
+    recorded = pipeline.steps[step]
+    assert len(recorded.written) == 1, recorded.written
+    assert fnmatch.fnmatchcase(recorded.written[0], f"{WRITTEN_IN[step]}-luigi-tmp-*"), recorded.written
+    assert not [path for path in recorded.stored if fnmatch.fnmatchcase(path, WRITTEN_IN[step])]
+
+
+def test_kill_9_while_a_large_month_is_cleaned_and_written(tmp_path, tlc_dir):
+    """2.3 M real rows (green 2021-01 thirty times) take a second to write as parquet: the kill lands once the
+    cleaned file's temporary file appears. No cleaned file at the target path, the downloaded month stays whole,
+    and the rerun cleans all rows."""
     january = pq.read_table(tlc_dir / "green_tripdata_2021-01.parquet")
     (tmp_path / "mirror").mkdir()
     pq.write_table(pa.concat_tables([january] * 30), tmp_path / "mirror" / "green_tripdata_2021-01.parquet")
     config = write_config(tmp_path / "large.cfg", {"taxi": {"source": str(tmp_path / "mirror"),
                                                             "store": str(tmp_path / "store")},
                                                    "core": private_lock(tmp_path)})
+    cleaned = tmp_path / "store" / pattern(layout.CLEAN, color="green", ym="2021-01")
     run = LuigiProcess(tmp_path, config, "CleanMonth", *MONTH, name="kill-in-clean")
-    run.wait_for_line(r"running +CleanMonth\(")
+    run.wait_until(lambda: bool(glob.glob(f"{cleaned}*")), "the cleaned month being written")
     run.kill()
     assert luigi_ran(run.log)[-1] == "CleanMonth 2021-01" and "done      CleanMonth" not in run.log
+    written = [Path(path).relative_to(tmp_path / "store") for path in glob.glob(f"{cleaned}*")]
+    assert len(written) == 1 and fnmatch.fnmatchcase(str(written[0]), f"{pattern(layout.CLEAN)}-luigi-tmp-*"), written
     raw = tmp_path / "store" / layout.raw("green", *JANUARY)["data"]
     assert raw.read_bytes() == (tmp_path / "mirror" / raw.name).read_bytes()
     assert [p.name for p in store_files(tmp_path / "store/clean") if "-luigi-tmp-" not in p.name] == []
@@ -349,14 +402,26 @@ def test_kill_9_in_clean_of_a_large_month(tmp_path, tlc_dir):
         30 * 73_908
 
 
-def test_kill_9_in_download_came_mid_body(pipeline):
-    assert pipeline.mirror.requests[0] == ("/green_tripdata_2021-02.parquet", SLOW)
-    assert pipeline.mirror.half_sent.is_set()
+def test_kill_9_mid_download_keeps_the_partial_file_out_of_the_store_and_the_next_run_fetches_it_whole(pipeline):
+    """Half the body sent when the kill came: what had arrived is in the killed run's temporary folder (a prefix of
+    the month, short of it), nothing of the month is in the store, and the next run downloaded it again whole."""
+    source = (pipeline.tlc_dir / "green_tripdata_2021-02.parquet").read_bytes()
+    download = pipeline.steps["download"]
+    [partial] = [content for path, content in download.temporary.items()
+                 if re.fullmatch(r"taxi-run-.+-\d+/taxi-download-\w+/green_tripdata_2021-02\.parquet", path)]
+    assert len(partial) < len(source) and source.startswith(partial)
+    assert [path for path in download.stored if "2021-02" in path] == []
+    month = "/green_tripdata_2021-02.parquet"
+    assert [request for request in pipeline.mirror.requests if request[0] == month] == [(month, SLOW), (month, OK)]
+    stored = pipeline.store / layout.raw("green", 2021, 2)["data"]
+    assert str(stored.relative_to(pipeline.store)) in pipeline.steps["features"].stored
+    assert stored.read_bytes() == source
 
 
 def test_each_rerun_starts_at_the_killed_task_and_repeats_no_finished_one(pipeline):
     order = list(pipeline.steps)
-    assert order == ["download", "features", "tune", "train", "finish-training", "mlflow-down", "register", "rerun"]
+    assert order == ["download", "features", "trial", "tune", "train", "finish-training", "mlflow-down", "register",
+                     "rerun"]
     for before, after in zip(order, order[1:]):
         killed, next_run = pipeline.steps[before], pipeline.steps[after]
         if killed.returncode == -9:
@@ -402,17 +467,19 @@ def test_rerun_after_every_fault_completes_the_pipeline(pipeline):
 
 
 def test_the_next_run_cleans_what_killed_runs_left(pipeline):
-    """Killed runs leave their temporary folders (the download's half file in the first) and MLflow runs still
-    RUNNING; the next run removes the folders and marks those runs KILLED, MLflow's own status. In the store only
-    luigi's `*-luigi-tmp-*` files beside targets may remain (`invalid == []` allows nothing else)."""
+    """Killed runs leave their temporary folders (the download's partial file in the first) and MLflow runs still
+    RUNNING (killed mid-trial) or FINISHED with no target (killed writing best_params.json, train.json); the next run
+    removes the folders and marks those runs KILLED, MLflow's own status. In the store only luigi's `*-luigi-tmp-*`
+    files beside targets may remain (`invalid == []` allows nothing else)."""
     download = pipeline.steps["download"]
     assert any(re.fullmatch(r"taxi-run-.+-\d+/taxi-download-\w+/green_tripdata_2021-02\.parquet", path)
-               for path in download.temporary), download.temporary
-    assert pipeline.steps["rerun"].temporary == []
+               for path in download.temporary), list(download.temporary)
+    assert pipeline.steps["rerun"].temporary == {}
     statuses = pipeline.run_statuses()
-    assert statuses["tuning"] == ["FINISHED", "KILLED"] and statuses["training"] == ["FINISHED", "KILLED"], statuses
-    # the kill in tuning may land between two trials: then no trial was open
-    assert statuses["tuning trial"].count("KILLED") <= 1 and "RUNNING" not in statuses["tuning trial"], statuses
+    assert statuses["tuning"] == ["FINISHED", "KILLED", "KILLED"], statuses
+    assert statuses["training"] == ["FINISHED", "KILLED"], statuses
+    trials = statuses["tuning trial"]
+    assert trials.count("KILLED") == 1 and set(trials) == {"FINISHED", "KILLED"}, statuses  # the one open at the kill
 
 
 def test_no_secret_in_logs_store_reports_or_mlflow(pipeline):
@@ -540,6 +607,45 @@ def test_full_or_read_only_store_fails_every_task_naming_its_target(tmp_path, tm
     rerun = run_luigi(tmp_path, config, "CleanMonth", *MONTH)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert pq.read_metadata(target).num_rows == 73_908
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 7. SIGKILL while the embedded sqlite tracking database is created (MLflow's migrations take seconds).
+
+
+def test_kill_9_while_the_tracking_database_is_created_leaves_none_half_made(tmp_path, sampled_tlc):
+    """The first run on a fresh `mlflow.db`, killed again and again at varied points of MLflow's migrations (each
+    kill checked to land while the database was being made): no database at its path, and the next run completes
+    on a whole one, with the killed attempts' temporary files gone."""
+    database = tmp_path / "mlflow.db"
+    partial = Path(f"{database}{tracking.PARTIAL_DATABASE}")
+    config = write_config(tmp_path / "sqlite.cfg", {
+        "taxi": {"source": str(sampled_tlc), "store": str(tmp_path / "store")},
+        "mlflow": {"tracking_uri": f"sqlite:///{database}", "artifact_location": str(tmp_path / "mlartifacts")},
+        "TuneHyperparams": SMALL_TUNING, "core": private_lock(tmp_path)})
+    built = run_luigi(tmp_path, config, "BuildFeatures", *MONTH)  # so that each attempt soon connects to MLflow
+    assert built.returncode == 0, built.stderr[-3000:]
+    (tmp_path / "probe").mkdir()
+    started = time.monotonic()  # a lower bound of how long a luigi process spends making the database
+    tracking.create_local_database(str(tmp_path / "probe" / "mlflow.db"))
+    making = time.monotonic() - started
+    landed = []
+    for i, share in enumerate((0.0, 0.15, 0.3, 0.45, 0.6)):
+        run = LuigiProcess(tmp_path, config, "TuneHyperparams", *MONTH, name=f"kill-{i}")
+        run.wait_until(lambda: partial.exists() or database.exists(), "the tracking database being created")
+        time.sleep(share * making)
+        run.kill()
+        assert not database.exists(), f"a half-made database after a kill {share * making:.2f}s into its creation"
+        landed.append(partial.exists())
+    assert all(landed), landed  # every kill came while the database was being made
+    rerun = LuigiProcess(tmp_path, config, "TuneHyperparams", *MONTH, name="rerun")
+    assert rerun.finish() == 0, rerun.log[-3000:]
+    assert luigi_ran(rerun.log) == ["TuneHyperparams"]
+    assert sorted(p.name for p in tmp_path.glob("mlflow.db*")) == ["mlflow.db", "mlflow.db.lock"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{database}")
+    experiment = client.get_experiment_by_name("taxi-duration")
+    [tuning] = client.search_runs([experiment.experiment_id], "tags.`taxi.stage` = 'tuning'")
+    assert tuning.info.status == "FINISHED" and client.search_registered_models() == []
 
 
 # ---------------------------------------------------------------------------------------------------------------

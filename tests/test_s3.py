@@ -9,6 +9,7 @@ import fnmatch
 import io
 import json
 import re
+import secrets
 import subprocess
 import time
 from contextlib import contextmanager
@@ -22,8 +23,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from taxi import layout
+from taxi.data import clean_trips, read_trips
 from taxi.features import load_matrix
 from taxi.registry import model_name
+from tests.support.luigi_process import PAUSED, LuigiProcess
 from tests.support.paths import BIN, ROOT
 from tests.support.runs import SMALL_TUNING, run_luigi, write_config
 from tests.support.s3server import SeaweedS3
@@ -295,6 +298,57 @@ def test_store_down_fails_fast_naming_the_endpoint_and_a_rerun_completes(first_r
     assert match(sorted(set(pipeline.objects()) - set(before)), [
         pattern(template, color="green", ym="2023-01")
         for template in (layout.RAW, layout.RAW_META, layout.CLEAN, layout.CLEAN_STATS)])
+
+
+def test_keys_in_the_query_of_an_s3_source_url_are_recorded_nowhere(pipeline):
+    """An s3:// source URL with keys in its query: S3 reads the query as part of the key, so the month is not found;
+    the run fails naming the URL with *** in place of each key, and no key is in any output, object or file."""
+    planted = {name: f"{name}-{secrets.token_hex(8)}" for name in ("credential", "signature")}
+    source = (f"{pipeline.source}/green_tripdata_{{year}}-{{month:02d}}.parquet?X-Amz-Credential="
+              f"{planted['credential']}&X-Amz-Signature={planted['signature']}")
+    config = pipeline.variant("s3-query", {"source": "${TAXI_TEST_SOURCE}", "store": "s3://taxi/redaction"})
+    failed = pipeline.run("CleanMonth", *MONTH, env={"TAXI_TEST_SOURCE": source}, config=config)
+    assert failed.returncode == 30, failed.stderr[-3000:]
+    shown = f"{pipeline.source}/green_tripdata_2021-01.parquet?X-Amz-Credential=***&X-Amz-Signature=***"
+    assert (f"ERROR: taxi.tasks: DownloadMonth(color=green, year=2021, month=1) failed: MonthNotPublished: green "
+            f"2021-01: {shown} does not exist: the month is not in the S3 mirror; check [taxi] source") in failed.stderr
+    client = pipeline.s3.client()
+    produced = {key: client.get_object(Bucket="taxi", Key=key)["Body"].read() for key in pipeline.s3.keys("taxi")}
+    produced.update({str(path): path.read_bytes() for path in pipeline.workdir.rglob("*") if path.is_file()})
+    produced["output"] = (failed.stdout + failed.stderr).encode()
+    assert [f"{name}: {what}" for name, content in produced.items() for what, secret in planted.items()
+            if secret.encode() in content] == []
+
+
+def test_kill_9_while_a_target_is_written_leaves_no_object_and_the_rerun_completes(s3, tmp_path, sampled_tlc):
+    """CleanMonth into an S3 store, killed with half of the cleaned month written (the write stopped half way,
+    tests/support/paused_writes.py): those bytes are in the run's local temporary file, no object is at the month's
+    key, and the rerun stores the whole month."""
+    s3.create_bucket("kills")
+    store = "s3://kills/store"
+    sections = profile("s3")
+    sections["s3"]["endpoint_url"] = s3.endpoint
+    config = write_config(tmp_path / "kill.cfg", {**sections, "taxi": {"source": str(sampled_tlc), "store": store},
+                                                  "core": own_lock(tmp_path)})
+    cleaned = pattern(layout.CLEAN, color="green", ym="2021-01")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    run = LuigiProcess(tmp_path, config, "CleanMonth", *MONTH, name="kill-in-clean", env={**s3.env, "TMPDIR": str(tmp)},
+                       pause_write=f"{store}/{cleaned}")
+
+    run.wait_for_line(rf"^{PAUSED} {re.escape(store)}/")
+    run.kill()
+    [half] = tmp.rglob("luigi-s3-tmp-*")  # the downloaded month's went with its upload
+    assert half.stat().st_size > 0
+    month = {"color": "green", "ym": "2021-01"}
+    assert match([key.removeprefix("store/") for key in s3.keys("kills")],
+                 [pattern(layout.RAW, **month), pattern(layout.RAW_META, **month)])
+    rerun = LuigiProcess(tmp_path, config, "CleanMonth", *MONTH, name="rerun", env={**s3.env, "TMPDIR": str(tmp)})
+    assert rerun.finish() == 0, rerun.log[-3000:]
+    [key] = fnmatch.filter(s3.keys("kills"), f"store/{cleaned}")
+    stored = pd.read_parquet(io.BytesIO(s3.client().get_object(Bucket="kills", Key=key)["Body"].read()))
+    expected, _ = clean_trips(read_trips(sampled_tlc / "green_tripdata_2021-01.parquet", "green"), "green")
+    pd.testing.assert_frame_equal(stored, expected.reset_index(drop=True))
 
 
 def test_secret_key_appears_in_no_log_object_or_mlflow_record(first_run, pipeline, s3, mlflow_s3):

@@ -7,7 +7,6 @@ import http.server
 import threading
 
 import pytest
-import requests
 
 from taxi import schedule, source
 
@@ -110,5 +109,5 @@ def test_http_probe_reads_the_status(status_server, status, published):
 
 def test_http_probe_raises_on_a_server_error(status_server):
     """A failing source must not read as 'not published' (the run would silently train an older month)."""
-    with pytest.raises(requests.HTTPError, match="503"):
+    with pytest.raises(source.TransientSourceError, match=f"^HTTP 503 from {status_server}/503$"):
         source.published(f"{status_server}/503")

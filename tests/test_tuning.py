@@ -17,14 +17,16 @@ def matrices(tlc_dir):
     return [part for df in frames for part in (features.transform(vectorizer, df), features.target(df))]
 
 
-def test_trials_train_and_stop_early_on_fixed_subsamples_of_both_months(matrices, tmp_path):
+def test_trials_train_for_num_boost_round_rounds_on_fixed_subsamples_of_both_months(matrices, tmp_path):
+    """Trials train on fixed subsamples of both months for `num_boost_round` rounds (early stopping, which would end
+    them sooner, is test_each_trial_stops_early_right_after_its_best_round's: here it cannot cut in first)."""
     X_train, y_train, X_valid, y_valid = matrices
-    settings = tuning.TuningSettings(max_evals=2, num_boost_round=30, early_stopping_rounds=5, no_progress_evals=5,
+    settings = tuning.TuningSettings(max_evals=2, num_boost_round=8, early_stopping_rounds=8, no_progress_evals=5,
                                      startup_evals=2, sample_rows=5_000, seed=3, nthread=2, prune_tolerance=0)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     mlflow.set_experiment("tuning")  # an earlier test's active experiment is not in this database
-    with mlflow.start_run() as parent:
-        best = tuning.tune(X_train, y_train, X_valid, y_valid, settings)
+    with mlflow.start_run() as parent:  # the course reference: its own test
+        best = tuning.tune(X_train, y_train, X_valid, y_valid, settings, course_reference=False)
     assert (best["trials"], best["train_rows_used"], best["valid_rows_used"]) == (2, 5_000, 5_000)
 
     # the best trial, retrained on the same subsample, scores its reported RMSE on the validation subsample
@@ -37,7 +39,13 @@ def test_trials_train_and_stop_early_on_fixed_subsamples_of_both_months(matrices
     trials = MlflowClient().search_runs([parent.info.experiment_id],
                                         f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted(r.data.metrics["val_rmse"] for r in trials)[0] == pytest.approx(best["val_rmse"])
-    assert max(r.data.metrics["best_rounds"] for r in trials) <= 30
+    # each trial trained the 8 rounds allowed, and the best one's best round is the minimum of its validation curve,
+    # retrained here for those 8 rounds
+    assert [r.data.metrics["rounds_trained"] for r in trials] == [8, 8]
+    curve: dict = {}
+    xgb.train(tuning.booster_params(best["params"], 3, 2), xgb.DMatrix(X_fit, label=y_fit), num_boost_round=8,
+              evals=[(xgb.DMatrix(X_check, label=y_check), "valid")], evals_result=curve, verbose_eval=False)
+    assert best["num_boost_round"] == int(np.argmin(curve["valid"]["rmse"])) + 1
 
 
 def test_subsample_keeps_a_small_month_whole_and_takes_a_fixed_subset_of_a_large_one(matrices):

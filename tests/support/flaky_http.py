@@ -1,7 +1,8 @@
 """A loopback HTTP mirror of a folder whose next responses follow a script of faults.
 
-Each GET takes the next behaviour from `FlakyMirror.script` (an empty script serves the file whole), so a test
-says exactly what the source does: `mirror.script = [UNAVAILABLE, UNAVAILABLE]` is "503 twice, then OK".
+Each GET (or HEAD, which answers with the status and headers alone) takes the next behaviour from
+`FlakyMirror.script` (an empty script serves the file whole), so a test says exactly what the source does:
+`mirror.script = [UNAVAILABLE, UNAVAILABLE]` is "503 twice, then OK".
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ GZIP = "gzip"  # Content-Encoding: gzip when the client accepts it, as a web ser
 
 
 class FlakyMirror:
-    """Serves `directory` on 127.0.0.1; `requests` records (path, behaviour) of every GET in order ("404" for a
-    file the folder does not have)."""
+    """Serves `directory` on `host` (127.0.0.1, or ::1 for IPv6); `requests` records (path, behaviour) of every GET
+    and HEAD in order ("404" for a file the folder does not have)."""
 
-    def __init__(self, directory: Path, stall_seconds: float = 3.0, slow_seconds: float = 3.0):
+    def __init__(self, directory: Path, stall_seconds: float = 3.0, slow_seconds: float = 3.0,
+                 host: str = "127.0.0.1"):
         self.directory = Path(directory)
         self.stall_seconds, self.slow_seconds = stall_seconds, slow_seconds
         self.script: list[str] = []
@@ -36,12 +38,14 @@ class FlakyMirror:
         self.request_times: list[float] = []  # time.monotonic() at each GET, in order
         self.half_sent = threading.Event()
         self._lock = threading.Lock()
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
+        server = type("Server", (http.server.ThreadingHTTPServer,), {
+            "address_family": socket.AF_INET6 if ":" in host else socket.AF_INET, "daemon_threads": True})
+        self._server = server((host, 0), self._handler())
+        self.host = f"[{host}]" if ":" in host else host
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return f"http://{self.host}:{self._server.server_address[1]}"
 
     def __enter__(self) -> "FlakyMirror":
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
@@ -71,6 +75,16 @@ class FlakyMirror:
                     self._respond()
                 except ConnectionError:  # the client went away (killed, or gave up on a stall)
                     self.close_connection = True
+
+            def do_HEAD(self) -> None:
+                path = self.path.split("?", 1)[0]
+                file = mirror.directory / path.lstrip("/")
+                behaviour = mirror._next(path, file.is_file())
+                if behaviour in ("404", UNAVAILABLE, FORBIDDEN):
+                    self.send_response(int(behaviour))
+                    self.end_headers()
+                    return
+                self._headers(file.read_bytes())
 
             def _respond(self) -> None:
                 path = self.path.split("?", 1)[0]  # a presigned URL's query names no file
