@@ -25,6 +25,7 @@ TLC_FILENAME = "{color}_tripdata_{ym}.parquet"  # the TLC's own file name of a m
 DATETIME_PREFIX = {"green": "lpep", "yellow": "tpep"}
 MIN_DURATION, MAX_DURATION = 1.0, 60.0
 KNOWN_ZONES = (1, 265)
+PICKUP = "pickup_datetime"  # the cleaned trips' pickup time, whatever the colour's own column name
 MAX_DROP_SHARE = 0.2  # cleaning warns when it drops more than this share of a month's rows
 CHUNK = 1 << 20
 
@@ -129,7 +130,8 @@ def dropped_share(rows_raw: int, rows_clean: int) -> float:
 
 def clean_trips(df: pd.DataFrame, color: str, *, what: str = "month",
                 max_drop_share: float = MAX_DROP_SHARE) -> tuple[pd.DataFrame, CleanStats]:
-    """Duration in minutes kept in [1, 60], zone ids as strings and `PU_DO`; no rows left is an error."""
+    """Duration in minutes kept in [1, 60], zone ids as strings, `PU_DO` and the pickup time; no rows left is an
+    error."""
     missing = sorted(set(required_columns(color)) - set(df.columns))
     if missing:
         raise DataError(f"{what} lacks required column(s) {', '.join(missing)} for {color} trips")
@@ -151,7 +153,8 @@ def clean_trips(df: pd.DataFrame, color: str, *, what: str = "month",
     pu_ids, do_ids = (pd.Series(df[column].array.take(kept)) for column in ("PULocationID", "DOLocationID"))
     pu, do = zone_str(pu_ids), zone_str(do_ids)
     out = pd.DataFrame({"PULocationID": pu, "DOLocationID": do, "trip_distance": distance[kept],
-                        "duration": duration[kept], "PU_DO": pu_do(pu, do)})
+                        "duration": duration[kept], "PU_DO": pu_do(pu, do),
+                        PICKUP: pd.Series(pickup.array.take(kept))})
 
     unknown = int((~pu_ids.between(*KNOWN_ZONES)).sum() + (~do_ids.between(*KNOWN_ZONES)).sum())
     if unknown:

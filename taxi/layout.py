@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from taxi.data import TLC_FILENAME, ym
 
-FEATURES_VERSION = "v1"  # bump when the features or the cleaning rules change
+FEATURES_VERSION = "v2"  # bump when the features or the cleaning rules change
 MODEL_VERSION = "v1"  # bump when training or the logged model changes
 
 RAW = "raw/{color}/" + TLC_FILENAME
