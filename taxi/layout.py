@@ -26,6 +26,10 @@ RUNS = "runs/{color}"
 RUN = RUNS + "/{ym}/{key}/{name}"
 RUN_FILES = ("booster.ubj", "train.json", "registration.json", *REPORT_FILES)
 REGISTRATION = "registration.json"
+SCORES = "scores/{color}"
+SCORE = SCORES + "/{ym}/v{version}/{name}"  # a month scored with one registered version of the color's model
+PREDICTIONS, LIVE = "predictions.parquet", "live.json"
+SCORE_FILES = (PREDICTIONS, LIVE)
 
 
 def raw(color: str, year: int, month: int) -> dict[str, str]:
@@ -55,6 +59,11 @@ def run(color: str, year: int, month: int, key: str) -> dict[str, str]:
     return {name: RUN.format(color=color, ym=ym(year, month), key=key, name=name) for name in RUN_FILES}
 
 
+def scores(color: str, year: int, month: int, version: int) -> dict[str, str]:
+    """A month's predictions by one model version, and their live error, by file name."""
+    return {name: SCORE.format(color=color, ym=ym(year, month), version=version, name=name) for name in SCORE_FILES}
+
+
 def run_month(relpath: str) -> str:
     """The training month (YYYY-MM) of a path inside a run folder."""
     return relpath.split("/")[2]
@@ -63,4 +72,4 @@ def run_month(relpath: str) -> str:
 def templates() -> list[str]:
     """Every path the pipeline writes, as a template: the table of docs/pipeline.md lists exactly these."""
     return [RAW, RAW_META, CLEAN, CLEAN_STATS, *(FEATURES.replace("{name}", n) for n in FEATURE_FILES), TUNING,
-            *(RUN.replace("{name}", n) for n in RUN_FILES)]
+            *(RUN.replace("{name}", n) for n in RUN_FILES), *(SCORE.replace("{name}", n) for n in SCORE_FILES)]

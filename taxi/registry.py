@@ -70,10 +70,17 @@ def register(name: str, run_id: str, model_uri: str, val_rmse: float,
             "previous_champion_val_rmse": decision.previous_champion_val_rmse}
 
 
-def registered_rmse(name: str, version: int) -> float:
-    """The RMSE version `version` of `name` was registered with: what its live error is compared with."""
+def registered_rmse(name: str, version: int) -> float | None:
+    """The RMSE version `version` of `name` was registered with: what its live error is compared with. None for a
+    version registered without one (by hand, or before taxi recorded it)."""
     tags = _call(f"read {name} v{version}", MlflowClient().get_model_version, name, str(version)).tags
-    return float(tags[RMSE_TAG])
+    return float(tags[RMSE_TAG]) if RMSE_TAG in tags else None
+
+
+def champion_version(name: str, outcome: str) -> int | None:
+    """The version the champion alias of `name` points at now; None when there is no such model or alias. Any other
+    registry error raises RegistryError, saying `outcome`."""
+    return _champion_version(MlflowClient(), name, create=False, outcome=outcome)
 
 
 def _call(what: str, method: Callable, *args):
