@@ -104,8 +104,12 @@ def _version_of_run(client: MlflowClient, name: str, run_id: str):
 
 
 def _create_version(client: MlflowClient, name: str, run_id: str, model_uri: str):
-    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
-    return client.create_model_version(name, model_uri, run_id=run_id, model_id=model_id)
+    return client.create_model_version(name, model_uri, run_id=run_id, model_id=logged_model_id(model_uri))
+
+
+def logged_model_id(model_uri: str) -> str | None:
+    """The id of MLflow's logged model a model URI names (models:/m-...), None for another URI."""
+    return model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
 
 
 def champion_params(name: str) -> tuple[int, dict[str, str]] | None:

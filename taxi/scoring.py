@@ -76,8 +76,8 @@ def model_version(color: str, version: int) -> ModelVersion:
         raise ValueError(f"{name} v{version} was trained on {tags['color']} trips, not {color} ones: it cannot "
                          f"score {color} months")
     months = [tags.get(tag) for tag in MONTH_TAGS]
-    return ModelVersion(name, version, found.run_id, found.model_id, *months,
-                        registry.registered_rmse(name, version))
+    return ModelVersion(name, version, found.run_id, found.model_id or registry.logged_model_id(found.source),
+                        *months, registry.registered_rmse(name, version))
 
 
 def load(model: ModelVersion) -> mlflow.pyfunc.PyFuncModel:
@@ -88,10 +88,13 @@ def load(model: ModelVersion) -> mlflow.pyfunc.PyFuncModel:
 def distinct_rows(frame: pd.DataFrame, columns: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
     """(the position of the first row of each distinct combination of `columns`, in order of appearance; each row's
     index into those), so that frame.iloc[first].iloc[inverse] has the values of `columns` of frame. Exact: no
-    hashing of values that could collide."""
+    hash of values that could collide, and floats compared by their bits (-0.0 and 0.0 stay apart, as NaNs do)."""
     inverse = np.zeros(len(frame), dtype=np.int64)
     for column in columns:
-        codes, uniques = pd.factorize(frame[column], use_na_sentinel=False)
+        values = frame[column]
+        if pd.api.types.is_float_dtype(values):
+            values = values.to_numpy(dtype=np.float64).view(np.int64)
+        codes, uniques = pd.factorize(values, use_na_sentinel=False)
         inverse = pd.factorize(inverse * len(uniques) + codes)[0]  # stays below rows * len(uniques): no overflow
     return np.flatnonzero(~pd.Series(inverse).duplicated().to_numpy()), inverse
 
