@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import json
 import logging
 import multiprocessing
 import os
@@ -32,7 +31,7 @@ import xgboost as xgb
 from bench import synthetic
 from bench.course import (COURSE_PARAMS, COURSE_SEED, course_apply_model, course_prepare_dictionaries, course_read,
                           course_save_results, course_score_filter)
-from bench.speed import DEFAULT_SOURCE_DIR, Stopwatch, machine, warm_page_cache
+from bench.speed import DEFAULT_SOURCE_DIR, Stopwatch, machine, print_verdict, warm_page_cache
 from taxi.data import tlc_filename
 
 log = logging.getLogger(__name__)
@@ -274,12 +273,7 @@ def main(argv: list[str] | None = None) -> None:
                             load_before)
     print(table(summary))
     print(f"\nidentical: {summary['identical']} ({', '.join(f'{k}={v}' for k, v in summary['checks'].items())})")
-    for goal, met in summary["goals"].items():
-        print(f"goal {'met    ' if met else 'MISSED '} {goal}")
-    m = summary["machine"]
-    print(f"machine: {m['nproc']} cores, {m['cpu']}, {m['mem_gb']} GiB; load average {m['loadavg_before'][0]} "
-          f"before, {m['loadavg_after'][0]} after")
-    print(json.dumps(summary, sort_keys=True))
+    print_verdict(summary)
 
 
 if __name__ == "__main__":

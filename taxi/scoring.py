@@ -164,8 +164,8 @@ def summary(record: dict) -> str:
 
 def run_tags(color: str, model: ModelVersion, stats: dict) -> dict[str, str]:
     """A scoring run's tags: the version it scored with and where the month's data came from."""
-    return {"color": color, MODEL_NAME_TAG: model.name, MODEL_VERSION_TAG: str(model.version), MODEL_RUN_TAG: model.run_id,
-            **tracking.lineage_tags({"score": stats})}
+    return {"color": color, MODEL_NAME_TAG: model.name, MODEL_VERSION_TAG: str(model.version),
+            MODEL_RUN_TAG: model.run_id, **tracking.lineage_tags({"score": stats})}
 
 
 def log_live_error(live: dict, model: ModelVersion) -> None:

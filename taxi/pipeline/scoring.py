@@ -64,21 +64,23 @@ class ScoreVersion(MonthTask):
         tracking_uri = self.connect_tracking()
         model = scoring.model_version(self.color, self.model_version)
         trips = storage.read_parquet(self.input()["data"], list(scoring.TRIP_COLUMNS))
-        with self.mlflow_run("scoring", scoring.run_tags(self.color, model, storage.read_json(self.input()["stats"]))) as run:
-            scored = scoring.predictions(trips, scoring.predict_trips(scoring.load(model), trips), model, self.color,
-                                         self.ym)
+        tags = scoring.run_tags(self.color, model, storage.read_json(self.input()["stats"]))
+        predictions = self.output()[layout.PREDICTIONS]
+        with self.mlflow_run("scoring", tags) as run:
+            predicted = scoring.predict_trips(scoring.load(model), trips)
+            scored = scoring.predictions(trips, predicted, model, self.color, self.ym)
             live = scoring.live_error(scored)
             scoring.log_live_error(live, model)
             self._replace_notice()
-            storage.write_table(scored, self.output()[layout.PREDICTIONS])
-        record = scoring.live_record(self.color, self.ym, model, live, self.alert_share)
-        record.update(tracking_uri=tracking_uri, scoring_run_id=run.info.run_id,
-                      scoring_run_url=tracking.run_url(run.info.run_id),
-                      predictions=storage.location(self.output()[layout.PREDICTIONS]), seconds=round(time.monotonic() - started, 3))
+            storage.write_table(scored, predictions)
+        record = {**scoring.live_record(self.color, self.ym, model, live, self.alert_share),
+                  "tracking_uri": tracking_uri, "scoring_run_id": run.info.run_id,
+                  "scoring_run_url": tracking.run_url(run.info.run_id), "predictions": storage.location(predictions),
+                  "seconds": round(time.monotonic() - started, 3)}
         log.info("%s", scoring.summary(record))
         if record["alert"]:
             self._alert(record)
-        storage.write_json(record, self.output()[layout.LIVE])
+        storage.write_json(record, self.output()[layout.LIVE])  # last: the scoring is complete with it
 
     def _replace_notice(self) -> None:
         """Say so when the files about to be replaced were scored with another registry's version of this number."""
