@@ -432,3 +432,20 @@ def test_a_version_registered_without_an_rmse_scores_without_an_alert(scored):
     live = json.loads(scored.scores("2021-03", int(manual.version), layout.LIVE).read_text())
     assert (live["registered_rmse"], live["alert"]) == (None, False) and live["rmse"] > 10
     assert "the version has no registered RMSE to compare with" in done.stderr
+
+
+def test_a_version_trained_on_another_color_does_not_score(scored):
+    """A version of the green model whose training run says yellow trips (registered by hand) is refused by name."""
+    client = scored.client()
+    v1 = client.get_model_version(MODEL, "1")
+    experiment = client.get_experiment_by_name("taxi-duration").experiment_id
+    yellow = client.create_run(experiment, tags={"color": "yellow"}).info.run_id
+    client.set_terminated(yellow)
+    wrong = client.create_model_version(MODEL, v1.source, run_id=yellow, model_id=v1.source.removeprefix("models:/"))
+    done = run_luigi(scored.workdir, scored.config, "ScoreVersion", *FEBRUARY, "--model-version", wrong.version)
+    assert done.returncode == 30
+    assert error_lines(done.stderr) == [
+        f"ERROR: taxi.tasks: ScoreVersion(color=green, year=2021, month=2, model_version={wrong.version}) failed: "
+        f"ValueError: {MODEL} v{wrong.version} was trained on yellow trips, not green ones: it cannot score green "
+        f"months"]
+    assert not scored.scores("2021-02", int(wrong.version), layout.LIVE).parent.exists()
