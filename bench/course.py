@@ -1,5 +1,6 @@
 """The course's baseline in one place (MLOps Zoomcamp, duration prediction): its own code path, as the notebook runs
-it, cut into the stages the benchmark times, and its fixed XGBoost parameters as the benchmarks train with them."""
+it, and its batch scoring (score.py), cut into the stages the benchmarks time, and its fixed XGBoost parameters as
+the benchmarks train with them."""
 
 from __future__ import annotations
 
@@ -69,3 +70,44 @@ def course_predict(booster: xgb.Booster, X_val: sp.csr_matrix) -> np.ndarray:
 
 def course_rmse(y_val: np.ndarray, y_pred: np.ndarray) -> float:
     return float(root_mean_squared_error(y_val, y_pred))
+
+
+# The course's batch scoring (score.py of its deployment module): read and filter the month, records through the
+# DictVectorizer, predict, save the results. Without the uuid per ride, so both sides' rows compare.
+
+def course_score_filter(df: pd.DataFrame) -> pd.DataFrame:
+    """What score.py's read_dataframe does after reading (its ride_id column left out)."""
+    df["duration"] = df.lpep_dropoff_datetime - df.lpep_pickup_datetime
+    df.duration = df.duration.dt.total_seconds() / 60
+    return df[(df.duration >= 1) & (df.duration <= 60)]
+
+
+def course_score_read_dataframe(path: str) -> pd.DataFrame:
+    """score.py's read_dataframe."""
+    return course_score_filter(course_read(path))
+
+
+def course_prepare_dictionaries(df: pd.DataFrame) -> list[dict]:
+    """score.py's prepare_dictionaries: zone ids as strings, PU_DO, and one dict per trip."""
+    categorical = ["PULocationID", "DOLocationID"]
+    df[categorical] = df[categorical].astype(str)
+    df["PU_DO"] = df["PULocationID"] + "_" + df["DOLocationID"]
+    return df[FEATURE_COLUMNS].to_dict(orient="records")
+
+
+def course_apply_model(dv: DictVectorizer, booster: xgb.Booster, dicts: list[dict]) -> np.ndarray:
+    """The registered model's DictVectorizer and booster on the records, as score.py's pipeline.predict does."""
+    return booster.predict(xgb.DMatrix(dv.transform(dicts)))
+
+
+def course_save_results(df: pd.DataFrame, y_pred: np.ndarray, run_id: str, output_file: str) -> None:
+    """score.py's save_results (without ride_id)."""
+    df_result = pd.DataFrame()
+    df_result["lpep_pickup_datetime"] = df["lpep_pickup_datetime"]
+    df_result["PULocationID"] = df["PULocationID"]
+    df_result["DOLocationID"] = df["DOLocationID"]
+    df_result["actual_duration"] = df["duration"]
+    df_result["predicted_duration"] = y_pred
+    df_result["diff"] = df_result["actual_duration"] - df_result["predicted_duration"]
+    df_result["model_version"] = run_id
+    df_result.to_parquet(output_file, index=False)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from taxi.data import TLC_FILENAME, ym
 
-FEATURES_VERSION = "v1"  # bump when the features or the cleaning rules change
+FEATURES_VERSION = "v2"  # bump when the features or the cleaning rules change
 MODEL_VERSION = "v1"  # bump when training or the logged model changes
 
 RAW = "raw/{color}/" + TLC_FILENAME
@@ -30,6 +30,10 @@ REGISTRATION = "registration.json"
 TASK_LOGS = "logs/{family}/{task_id}"  # every attempt of one Luigi task (taxi.pipeline.tasklog writes them)
 TASK_LOG = TASK_LOGS + "/{attempt}.log"  # one attempt's log lines
 TASK_LOG_RECORD = TASK_LOGS + "/{attempt}.json"  # one attempt's host, times, outcome and MLflow pages
+SCORES = "scores/{color}"
+SCORE = SCORES + "/{ym}/v{version}/{name}"  # a month scored with one registered version of the color's model
+PREDICTIONS, LIVE = "predictions.parquet", "live.json"
+SCORE_FILES = (PREDICTIONS, LIVE)
 
 
 def raw(color: str, year: int, month: int) -> dict[str, str]:
@@ -59,6 +63,11 @@ def run(color: str, year: int, month: int, key: str) -> dict[str, str]:
     return {name: RUN.format(color=color, ym=ym(year, month), key=key, name=name) for name in RUN_FILES}
 
 
+def scores(color: str, year: int, month: int, version: int) -> dict[str, str]:
+    """A month's predictions by one model version, and their live error, by file name."""
+    return {name: SCORE.format(color=color, ym=ym(year, month), version=version, name=name) for name in SCORE_FILES}
+
+
 def run_month(relpath: str) -> str:
     """The training month (YYYY-MM) of a path inside a run folder."""
     return relpath.split("/")[2]
@@ -73,4 +82,5 @@ def task_log(family: str, task_id: str, attempt: str) -> dict[str, str]:
 def templates() -> list[str]:
     """Every path the pipeline writes, as a template: the table of docs/pipeline.md lists exactly these."""
     return [RAW, RAW_META, CLEAN, CLEAN_STATS, *(FEATURES.replace("{name}", n) for n in FEATURE_FILES), TUNING,
-            *(RUN.replace("{name}", n) for n in RUN_FILES), TASK_LOG, TASK_LOG_RECORD]
+            *(RUN.replace("{name}", n) for n in RUN_FILES), *(SCORE.replace("{name}", n) for n in SCORE_FILES),
+            TASK_LOG, TASK_LOG_RECORD]

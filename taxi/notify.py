@@ -1,5 +1,5 @@
-"""The optional webhook: a Slack-compatible JSON POST (`{"text": ...}`) on a failed task and on every registered
-model, with its champion decision (pure: no luigi).
+"""The optional webhook: a Slack-compatible JSON POST (`{"text": ...}`) on a failed task, on every registered model with
+its champion decision, and on a month whose live error alerts (pure: no luigi).
 
 The URL comes only from the environment variable TAXI_WEBHOOK_URL, because a Slack webhook URL is a secret (its
 path is the token): it is never logged, only its scheme and host. A failing webhook never fails the pipeline.
@@ -77,3 +77,13 @@ def decision_text(registration: dict, month: str, report: str) -> str:
     where = report if "://" in report else os.path.abspath(report)
     return (f"taxi: {registration['name']} v{registration['version']}, trained on {month}, gate RMSE "
             f"{registration['gate_rmse']:.4f} min: {registration['reason']}; report {where}")
+
+
+def live_error_text(record: dict) -> str:
+    """A scored month whose live RMSE is worse than the model's registered RMSE by more than the allowed share: the
+    model version, the month, both RMSEs and where the predictions are (a scoring's live.json record)."""
+    worse = record["rmse"] / record["registered_rmse"] - 1
+    return (f"taxi: live error alert: {record['model_name']} v{record['model_version']} on {record['color']} "
+            f"{record['month']}: live RMSE {record['rmse']:.4f} min, {100 * worse:.1f}% above the "
+            f"{record['registered_rmse']:.4f} min it was registered with (more than the "
+            f"{100 * record['alert_share']:g}% allowed); {record['rows']:,} trips; predictions {record['predictions']}")

@@ -62,10 +62,17 @@ def register(name: str, run_id: str, model_uri: str, gate_rmse: float, score_ver
     return int(version.version), decision
 
 
-def registered_rmse(name: str, version: int) -> float:
-    """The gate RMSE version `version` of `name` was registered with: what its live error is compared with."""
+def registered_rmse(name: str, version: int) -> float | None:
+    """The RMSE version `version` of `name` was registered with: what its live error is compared with. None for a
+    version registered without one (by hand, or before taxi recorded it)."""
     tags = _call(f"read {name} v{version}", MlflowClient().get_model_version, name, str(version)).tags
-    return float(tags[RMSE_TAG])
+    return float(tags[RMSE_TAG]) if RMSE_TAG in tags else None
+
+
+def champion_version(name: str, outcome: str) -> int | None:
+    """The version the champion alias of `name` points at now; None when there is no such model or alias. Any other
+    registry error raises RegistryError, saying `outcome`."""
+    return _champion_version(MlflowClient(), name, create=False, outcome=outcome)
 
 
 def reference_month(name: str) -> str | None:
@@ -107,8 +114,12 @@ def _version_of_run(client: MlflowClient, name: str, run_id: str):
 
 
 def _create_version(client: MlflowClient, name: str, run_id: str, model_uri: str):
-    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
-    return client.create_model_version(name, model_uri, run_id=run_id, model_id=model_id)
+    return client.create_model_version(name, model_uri, run_id=run_id, model_id=logged_model_id(model_uri))
+
+
+def logged_model_id(model_uri: str) -> str | None:
+    """The id of MLflow's logged model a model URI names (models:/m-...), None for another URI."""
+    return model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
 
 
 def champion_params(name: str) -> tuple[int, dict[str, str]] | None:

@@ -1,5 +1,6 @@
 """`python -m taxi.status [COLOR]`, what scripts/status runs: the trained months of each color, from the store's
-registration records and the registry's current aliases, then what luigid has running, failed or disabled.
+registration records and the registry's current aliases, and its scored months with their live error, then what
+luigid has running, failed or disabled.
 
 Errors (tracking server down, store unreachable) are one line on stderr and exit 1.
 """
@@ -31,6 +32,8 @@ log = logging.getLogger("taxi.status")  # not __name__: that is "__main__" under
 MISSING = "missing"  # the alias column of a registration whose version this registry does not have
 SCHEDULER_STATUSES = ("RUNNING", "FAILED", "DISABLED")  # DISABLED: failed too often, see config/luigid.cfg
 COLUMNS = ("month", "version", "alias now", "decision", "gate RMSE", "registered (UTC)", "report", "reason")
+SCORE_COLUMNS = ("month", "scored with", "live RMSE", "registered RMSE", "alert", "trips", "predictions")
+ALERT = "ALERT"  # the alert column of a scored month whose live RMSE alerted (taxi.scoring.is_alert)
 
 
 @dataclass(frozen=True)
@@ -109,9 +112,37 @@ def cells(row: Row) -> tuple[str, ...]:
 
 def table(rows: list[Row]) -> str:
     """The rows as aligned plain-text columns under a header, by month and version."""
-    lines = [COLUMNS] + [cells(r) for r in sorted(rows, key=lambda r: (r.month, r.version))]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS) - 1)]
+    return aligned([COLUMNS] + [cells(r) for r in sorted(rows, key=lambda r: (r.month, r.version))])
+
+
+def aligned(lines: list[tuple[str, ...]]) -> str:
+    """Lines of cells as plain-text columns two spaces apart; the last column is not padded."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]) - 1)]
     return "\n".join("  ".join([*(cell.ljust(w) for cell, w in zip(line, widths)), line[-1]]) for line in lines)
+
+
+def scorings(store: str, color: str) -> list[tuple[str, dict]]:
+    """(folder relative to the store, its live.json) of every month of `color` scored in the store."""
+    return [(posixpath.dirname(path), storage.read_json(storage.target(store, path)))
+            for path in storage.list_targets(store, layout.SCORES.format(color=color), f"/{layout.LIVE}")]
+
+
+def score_section(store: str, color: str) -> str:
+    """The table of `color`'s scored months: the version each was scored with, its live and registered RMSE."""
+    name = registry.model_name(color)
+    found = scorings(store, color)
+    if not found:
+        return f"{name}: no scored month in {store}"
+    rows = [(live["month"], f"v{live['model_version']}", f"{live['rmse']:.4f}",
+             "-" if live["registered_rmse"] is None else f"{live['registered_rmse']:.4f}",
+             ALERT if live["alert"] else "-", f"{live['rows']:,}",
+             storage.target(store, posixpath.join(folder, layout.PREDICTIONS)).path)
+            for folder, live in sorted(found, key=lambda found: (found[1]["month"], found[1]["model_version"]))]
+    text = f"{name} scored months (store {store})\n{aligned([SCORE_COLUMNS, *rows])}"
+    if any(row[4] == ALERT for row in rows):
+        text += (f"\n{ALERT}: the live RMSE is more than its alert share (live.json) above the RMSE the version was "
+                 f"registered with")
+    return text
 
 
 def color_section(store: str, tracking_uri: str, color: str) -> str:
@@ -165,12 +196,13 @@ def scheduler_section(url: str | None) -> str:
 
 
 def status(colors: list[str]) -> str:
-    """The whole status text: a table per color, then luigid's section."""
+    """The whole status text: the trained and the scored months of each color, then luigid's section."""
     store = config.TaxiConfig().store
     store = store if storage.is_s3(store) else os.path.abspath(store)
     settings = config.MlflowConfig()
     tracking_uri = tracking.connect(settings.uri, settings.experiment, settings.artifact_root)
-    sections = [color_section(store, tracking_uri, color) for color in colors]
+    sections = [section for color in colors
+                for section in (color_section(store, tracking_uri, color), score_section(store, color))]
     return "\n\n".join([*sections, scheduler_section(scheduler_url())])
 
 

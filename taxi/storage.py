@@ -26,6 +26,7 @@ import luigi
 import luigi.configuration
 import luigi.format
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 from luigi.contrib.s3 import AtomicS3File, S3Client, S3Target
 
@@ -203,6 +204,12 @@ def write_parquet(df: pd.DataFrame, tgt: luigi.Target) -> None:
         df.to_parquet(f, index=False)
 
 
+def write_table(table: pa.Table, tgt: luigi.Target) -> None:
+    """An Arrow table as parquet, without a copy into pandas."""
+    with open_for_write(tgt) as f:
+        pq.write_table(table, f)
+
+
 def read_parquet(tgt: luigi.Target, columns: list[str] | None = None) -> pd.DataFrame:
     with local_copy(tgt) as path:
         try:
@@ -255,6 +262,11 @@ def read_pickle(tgt: luigi.Target) -> Any:
 def read_bytes(tgt: luigi.Target) -> io.BytesIO:
     with tgt.open("r") as f:
         return io.BytesIO(f.read())
+
+
+def location(tgt: luigi.Target) -> str:
+    """Where a target is, as messages and records show it: its s3:// URL, or its absolute local path."""
+    return tgt.path if is_s3(tgt.path) else os.path.abspath(tgt.path)
 
 
 def _corrupt(tgt: luigi.Target, exc: Exception) -> CorruptTarget:

@@ -1,17 +1,18 @@
 """Synthetic months and the benchmark, on sizes small enough for CI (no timing assertions)."""
 
 import json
-import os
 import subprocess
 import sys
 
+import mlflow
 import numpy as np
-import pyarrow.compute as pc
+import pandas as pd
 import pytest
 import xgboost as xgb
 
-from bench import course, synthetic
-from taxi import data, features, layout, metrics
+from bench import course
+from taxi import features, layout, metrics
+from taxi.registry import model_name
 from tests.support.paths import ROOT
 from tests.support.store import one_file, run_file
 
@@ -117,3 +118,34 @@ def test_bench_register_refuses_a_used_workdir(tmp_path):
     result = subprocess.run([str(ROOT / "scripts" / "bench-register"), "--workdir", str(tmp_path)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "is not empty: a finished run there would be reused" in result.stderr
+
+
+def test_bench_score_reports_what_both_sides_wrote_and_the_model_predicts(tlc_dir, tmp_path):
+    """scripts/bench-score on 20,000 rows: its row counts, distinct inputs and live RMSE recomputed here from the
+    month it wrote; both sides' predictions are the registered pyfunc's own, loaded here, on the trips kept here."""
+    workdir = tmp_path / "bench"
+    result = subprocess.run([str(ROOT / "scripts" / "bench-score"), "--rows", "20000", "--rounds", "5",
+                             "--source-dir", str(tlc_dir), "--workdir", str(workdir)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    month = pd.read_parquet(workdir / "green_tripdata_2021-03.parquet")
+    minutes = (month["lpep_dropoff_datetime"] - month["lpep_pickup_datetime"]).dt.total_seconds() / 60
+    kept = month[(minutes >= 1) & (minutes <= 60)]
+    actual = minutes[(minutes >= 1) & (minutes <= 60)].to_numpy()
+    assert (summary["rows"], summary["scored_rows"]) == (len(month), len(kept)) and len(month) == 20_000
+    inputs = kept[["PULocationID", "DOLocationID"]].assign(bits=kept["trip_distance"].to_numpy().view(np.int64))
+    assert summary["distinct_model_inputs"] == len(inputs.drop_duplicates())
+    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
+    expected = mlflow.pyfunc.load_model(f"models:/{model_name('green')}/1").predict(
+        kept[["PULocationID", "DOLocationID", "trip_distance"]]).astype(np.float64)
+    for side in ("pipeline", "course"):
+        written = pd.read_parquet(workdir / side / "predictions.parquet")
+        np.testing.assert_array_equal(written["predicted_duration"].to_numpy(dtype=np.float64), expected)
+        np.testing.assert_array_equal(written["actual_duration"].to_numpy(), actual)
+    assert summary["identical"] is True and summary["checks"] == {"trips": True, "predictions": True}
+    assert summary["live_rmse"] == pytest.approx(float(np.sqrt(np.mean((actual - expected) ** 2))), rel=1e-12)
+    stages = {"read", "clean", "load model", "predict", "write"}
+    assert set(summary["seconds"]["course"]) == set(summary["seconds"]["pipeline"]) == stages
+    assert set(summary["goals"]) == {"rows/s >= 10x the course's", "pipeline peak RSS <= 1.5 GB"}
+    assert "| rows/s | " in result.stdout

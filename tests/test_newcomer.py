@@ -15,6 +15,7 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import requests
 from mlflow.tracking import MlflowClient
@@ -118,6 +119,24 @@ def test_the_readme_snippet_loads_the_model_from_another_folder(demo, tmp_path):
     [minutes] = re.findall(r"\d+\.\d+", done.stdout)
     assert 1 < float(minutes) < 60
     assert list(elsewhere.iterdir()) == []
+
+
+def test_the_quick_starts_scoring_command_scores_the_month_after_with_the_champion(demo):
+    """The quick start's last command, as written, after the demo: February scored with v1, the line it prints is
+    the live.json it wrote, and every cleaned trip has its prediction."""
+    checkout, _ = demo
+    command = next(line[2:] for line in quick_start().splitlines() if line.startswith("$ ") and "scripts/score" in line)
+    run = subprocess.run(["bash", "-c", command], cwd=checkout, capture_output=True, text=True, timeout=600,
+                         env=user_env())
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    [live_path] = (checkout / "data" / "scores" / "green" / "2021-02").glob("v1/live.json")
+    live = json.loads(live_path.read_text())
+    printed = (f"green 2021-02 scored with {MODEL} v1: live RMSE {live['rmse']:.4f} min, MAE {live['mae']:.4f} min, "
+               f"{live['rows']:,} trips (registered RMSE {live['registered_rmse']:.4f}, alert above ")
+    assert printed in run.stderr and "4 ran successfully" in run.stderr
+    cleaned = next((checkout / "data" / "clean").rglob("green/2021-02.parquet"))
+    assert pq.read_metadata(live_path.parent / "predictions.parquet").num_rows == pq.read_metadata(cleaned).num_rows
+    assert live["tracking_uri"] == f"sqlite:///{checkout}/mlflow.db" and live["alert"] is False
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -40,6 +40,25 @@ def test_newest_trainable_month(today, last_published, expected):
     assert schedule.newest_trainable_month("green", SOURCE, today, is_published) == expected
 
 
+@pytest.mark.parametrize("today,last_published,expected", [
+    (dt.date(2024, 5, 20), "2024-04", (2024, 4)),   # the month just over
+    (dt.date(2024, 5, 1), "2024-12", (2024, 4)),    # never the month still running
+    (dt.date(2024, 5, 20), "2024-02", (2024, 2)),   # the TLC's usual lag
+    (dt.date(2024, 1, 10), "2023-11", (2023, 11)),  # across the year boundary
+])
+def test_newest_published_month_is_what_a_scoring_run_scores(today, last_published, expected):
+    is_published, probed = published_through(last_published)
+    assert schedule.newest_published_month("green", SOURCE, today, is_published) == expected
+    assert len(probed) == len(set(probed))
+
+
+def test_no_month_published_within_the_lookback_gives_no_month_to_score():
+    is_published, probed = published_through("2022-12")
+    assert schedule.newest_published_month("green", SOURCE, dt.date(2024, 6, 1), is_published) is None
+    assert probed == [SOURCE.format(color="green", year=year, month=month)
+                      for year, month in [(2024, m) for m in range(5, 0, -1)] + [(2023, m) for m in range(12, 5, -1)]]
+
+
 def test_both_files_must_be_published():
     """A gap in the source (2024-02 missing) rules out the month before it and the month itself."""
     months = {"2023-12", "2024-01", "2024-03", "2024-04"}

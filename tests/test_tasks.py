@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from bench.course import course_features, course_read_dataframe
-from taxi import config, data, features, metrics, serving, storage, tasks, tracking
+from taxi import config, data, metrics, serving, storage, tasks, tracking
 
 
 def build(task) -> luigi.execution_summary.LuigiRunResult:
@@ -48,13 +48,14 @@ def test_download_month_404_fails_at_once_and_leaves_nothing(luigi_config, tlc_h
     assert not task.output()["data"].exists() and not task.output()["meta"].exists()
 
 
-def test_clean_month_writes_the_course_rows_with_pu_do(luigi_config, tlc_dir):
+def test_clean_month_writes_the_course_rows_with_pu_do_and_pickup_times(luigi_config, tlc_dir):
     task = tasks.CleanMonth(year=2021, month=1)
     build(task)
     cleaned = pd.read_parquet(task.output()["data"].path)
     course = course_read_dataframe(str(tlc_dir / "green_tripdata_2021-01.parquet")).reset_index(drop=True)
     assert len(cleaned) == 73_908
     assert cleaned["PU_DO"].tolist() == course["PU_DO"].tolist()
+    assert cleaned[data.PICKUP].tolist() == course["lpep_pickup_datetime"].tolist()
     stats = json.loads(open(task.output()["stats"].path).read())
     assert (stats["rows_raw"], stats["rows_clean"]) == (76_518, 73_908)
 

@@ -23,12 +23,13 @@ from tests.support.paths import ROOT
 UNITS = ROOT / "systemd"
 INSTALL_DIR = Path("/opt/taxi")
 CHECKED_UNITS = ["luigid.service", "mlflow.service", "taxi-train@green.service", "taxi-train@yellow.timer",
-                 "taxi-worker.service", "taxi-web.service"]
+                 "taxi-score@green.service", "taxi-score@yellow.timer", "taxi-worker.service", "taxi-web.service"]
 
 
 def readme_exposures() -> dict[str, float]:
     """The exposure docs/operations.md "Install on a server" states per unit, from its sentence "... rates their
-    exposure 1.1 (luigid, mlflow), 1.2 (taxi-train@) and 1.1 (taxi-worker), "OK"": unit name prefix -> figure."""
+    exposure 1.1 (luigid, mlflow), 1.2 (taxi-train@, taxi-score@) and 1.1 (taxi-worker), "OK"": unit name prefix
+    -> figure."""
     readme = " ".join((ROOT / "docs" / "operations.md").read_text().split())
     sentence = re.search(r'rates their exposure (.+?), "OK"', readme).group(1)
     return {name.strip(): float(figure) for figure, names in re.findall(r"([\d.]+) \(([^)]+)\)", sentence)
@@ -93,7 +94,7 @@ def test_verify_reports_a_misspelt_key(scratch_root):
 
 
 @pytest.mark.parametrize("unit", ["luigid.service", "mlflow.service", "taxi-train@green.service",
-                                  "taxi-worker.service", "taxi-web.service"])
+                                  "taxi-score@green.service", "taxi-worker.service", "taxi-web.service"])
 def test_service_exposure_is_what_the_readme_says(scratch_root, unit, capsys):
     promised = next(figure for name, figure in readme_exposures().items() if unit.startswith(name))
     done = subprocess.run(["systemd-analyze", "security", "--offline=true", f"--root={scratch_root}",
@@ -104,23 +105,39 @@ def test_service_exposure_is_what_the_readme_says(scratch_root, unit, capsys):
     assert done.returncode == 0 and exposure == promised, done.stdout[-2000:]
 
 
-def test_training_service_sandbox():
-    text = (UNITS / "taxi-train@.service").read_text()
+@pytest.mark.parametrize("unit,command", [("taxi-train@.service", "run-monthly"), ("taxi-score@.service", "score")])
+def test_pipeline_service_sandbox(unit, command):
+    text = (UNITS / unit).read_text()
     for line in ["Type=oneshot", "User=taxi", "NoNewPrivileges=yes", "ProtectSystem=strict",
-                 "ReadWritePaths=/var/lib/taxi", "PrivateTmp=yes", "ExecStart=/opt/taxi/scripts/run-monthly %i"]:
+                 "ReadWritePaths=/var/lib/taxi", "PrivateTmp=yes", f"ExecStart=/opt/taxi/scripts/{command} %i"]:
         assert line in text.splitlines()
 
 
-def test_timer_fires_monthly_and_catches_up(scratch_root):
-    settings = dict(line.split("=", 1) for line in (UNITS / "taxi-train@.timer").read_text().splitlines()
-                    if "=" in line and not line.startswith("#"))
+def timer_settings(unit: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in (UNITS / unit).read_text().splitlines()
+                if "=" in line and not line.startswith("#"))
+
+
+@pytest.mark.parametrize("unit,day", [("taxi-train@.timer", "20"), ("taxi-score@.timer", "21")])
+def test_timer_fires_monthly_and_catches_up(unit, day):
+    settings = timer_settings(unit)
     assert settings["Persistent"] == "true" and settings["RandomizedDelaySec"] == "1h"
     calendar = subprocess.run(["systemd-analyze", "calendar", "--iterations=3", settings["OnCalendar"]],
                               capture_output=True, text=True, check=True).stdout
     elapses = re.findall(r"(?:Next elapse|Iter\. #\d): \w+ (\d{4}-\d\d)-(\d\d) 03:00:00", calendar)
     months = [int(ym[:4]) * 12 + int(ym[5:]) for ym, _ in elapses]
-    assert len(elapses) == 3 and {day for _, day in elapses} == {"20"}
+    assert len(elapses) == 3 and {d for _, d in elapses} == {day}
     assert [b - a for a, b in zip(months, months[1:])] == [1, 1]
+
+
+def test_scoring_runs_after_training():
+    """The scoring timer fires a day after the training timer's latest start (its randomized delay included), and
+    a scoring run started with the month's training (both caught up at boot) waits for it."""
+    train, score = timer_settings("taxi-train@.timer"), timer_settings("taxi-score@.timer")
+    assert score["OnCalendar"] == train["OnCalendar"].replace("-20 ", "-21 ")
+    after = next(line for line in (UNITS / "taxi-score@.service").read_text().splitlines()
+                 if line.startswith("After="))
+    assert "taxi-train@%i.service" in after.split("=", 1)[1].split()
 
 
 def test_user_and_store_folder_are_created(tmp_path):

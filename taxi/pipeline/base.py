@@ -62,23 +62,6 @@ class MonthTask(luigi.Task):
     def targets(self, relpaths: dict[str, str]) -> dict[str, luigi.Target]:
         return {name: self.target(relpath) for name, relpath in relpaths.items()}
 
-
-class TrainingTask(MonthTask):
-    """A task about a training month and its validation month (the month after)."""
-
-    needs_next_month = True
-
-    def clean_months(self) -> dict[str, luigi.Task]:
-        from taxi.pipeline.prepare import CleanMonth
-
-        valid_year, valid_month = data.next_month(self.year, self.month)
-        return {"train": CleanMonth(color=self.color, year=self.year, month=self.month),
-                "valid": CleanMonth(color=self.color, year=valid_year, month=valid_month)}
-
-    def clean_stats(self) -> dict[str, dict]:
-        """The cleaning stats of the training and validation months (this task's input "clean")."""
-        return {key: storage.read_json(out["stats"]) for key, out in self.input()["clean"].items()}
-
     def connect_tracking(self) -> str:
         """Point MLflow at `[mlflow]`, end what an interrupted attempt of this task left open there, and return the
         tracking URI as it is recorded."""
@@ -96,3 +79,20 @@ class TrainingTask(MonthTask):
 
         with tracking.task_run(self.task_id, stage, f"{self.color} {self.ym}", tags, self.set_tracking_url) as run:
             yield run
+
+
+class TrainingTask(MonthTask):
+    """A task about a training month and its validation month (the month after)."""
+
+    needs_next_month = True
+
+    def clean_months(self) -> dict[str, luigi.Task]:
+        from taxi.pipeline.prepare import CleanMonth
+
+        valid_year, valid_month = data.next_month(self.year, self.month)
+        return {"train": CleanMonth(color=self.color, year=self.year, month=self.month),
+                "valid": CleanMonth(color=self.color, year=valid_year, month=valid_month)}
+
+    def clean_stats(self) -> dict[str, dict]:
+        """The cleaning stats of the training and validation months (this task's input "clean")."""
+        return {key: storage.read_json(out["stats"]) for key, out in self.input()["clean"].items()}

@@ -1,5 +1,5 @@
 """Tasks for operating the pipeline over time: a month's source file as an external dependency, and the
-one-parameter adapter RangeMonthly drives (scripts/backfill, scripts/run-monthly)."""
+one-parameter adapters RangeMonthly drives (scripts/backfill, scripts/run-monthly, scripts/score)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from luigi.tools.range import RangeMonthly  # noqa: F401
 from taxi import data, source
 from taxi.config import TaxiConfig
 from taxi.pipeline.model import RegisterModel
+from taxi.pipeline.scoring import ScoreMonth
 
 
 class SourceFile(luigi.ExternalTask):
@@ -47,3 +48,28 @@ class RegisterMonth(luigi.Task):
 
     def run(self):
         yield self.register_model()
+
+
+class ScoreMonthly(luigi.Task):
+    """ScoreMonth (the month scored with the champion) for a month given as one month parameter, the adapter
+    RangeMonthly needs. It waits for the month's source file, so a month not published is reported missing rather
+    than failing a download, then runs ScoreMonth as a dynamic dependency; it is done exactly when that is."""
+
+    month = luigi.MonthParameter(description="month to score, YYYY-MM")  # first: RangeMonthly's parameter
+    color = luigi.Parameter(default="green", description="green or yellow")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        data.validate_month(self.color, self.month.year, self.month.month)
+
+    def score_month(self) -> ScoreMonth:
+        return ScoreMonth(color=self.color, year=self.month.year, month=self.month.month)
+
+    def requires(self):
+        return SourceFile(color=self.color, year=self.month.year, month=self.month.month)
+
+    def complete(self) -> bool:
+        return self.score_month().complete()
+
+    def run(self):
+        yield self.score_month()
