@@ -94,12 +94,10 @@ def test_bench_register_times_the_new_and_the_old_tuning_and_a_rerun_that_does_n
         booster.load_model(bytearray(run_file(store, "booster.ubj").read_bytes()))
         assert figures["val_rmse"] == pytest.approx(metrics.rmse(y_valid, booster.inplace_predict(X_valid)))
         assert figures["trials"] == tuned["trials"] == 2 and tuned["params"]["grow_policy"] == policy
-        assert 0 < figures["tune_seconds"] < figures["total_seconds"]
     assert {k: summary[k] for k in ("tune_seconds", "total_seconds", "val_rmse", "peak_rss_mb")} == {
         k: summary["sides"]["new"][k] for k in ("tune_seconds", "total_seconds", "val_rmse", "peak_rss_mb")}
     assert "ran successfully" in (workdir / "new-0" / "run.log").read_text()
     assert "ran successfully" not in (workdir / "new-0" / "rerun.log").read_text()
-    assert 0 < summary["sides"]["new"]["rerun_seconds"] < summary["total_seconds"]
     # the course's fixed parameters trained here by the course's own code on the run's feature matrices
     matrices = {name: features.load_matrix(str(one_file(workdir / "new-0" / "store", layout.FEATURES, color="green",
                                                              ym="2021-01", name=name)))
@@ -108,8 +106,12 @@ def test_bench_register_times_the_new_and_the_old_tuning_and_a_rerun_that_does_n
     booster = course.course_train(X_train, y_train, rounds=5)
     rmse = course.course_rmse(y_valid, course.course_predict(booster, X_valid))
     assert summary["course_params_val_rmse"] == pytest.approx(rmse, rel=1e-4)
-    assert set(summary["goals"]) == {"complete rerun under 3 s", "validation RMSE better than the course params",
-                                     "whole run at most 5 min", "validation RMSE no worse than the old tuning's"}
+    new, old = summary["sides"]["new"], summary["sides"]["old"]
+    assert summary["goals"] == {  # each verdict follows the figures
+        "complete rerun under 3 s": new["rerun_seconds"] < 3,
+        "validation RMSE better than the course params": new["val_rmse"] < summary["course_params_val_rmse"],
+        "whole run at most 5 min": new["total_seconds"] <= 300,
+        "validation RMSE no worse than the old tuning's": new["val_rmse"] <= old["val_rmse"]}
     assert "| validation RMSE | " in result.stdout and "new tuning | old tuning" in result.stdout
 
 
@@ -147,5 +149,9 @@ def test_bench_score_reports_what_both_sides_wrote_and_the_model_predicts(tlc_di
     assert summary["live_rmse"] == pytest.approx(float(np.sqrt(np.mean((actual - expected) ** 2))), rel=1e-12)
     stages = {"read", "clean", "load model", "predict", "write"}
     assert set(summary["seconds"]["course"]) == set(summary["seconds"]["pipeline"]) == stages
-    assert set(summary["goals"]) == {"rows/s >= 10x the course's", "pipeline peak RSS <= 1.5 GB"}
+    totals = summary["total_seconds"]
+    assert summary["speedup"] == pytest.approx(totals["course"] / totals["pipeline"], abs=0.01)
+    assert summary["goals"] == {  # each verdict follows the figures
+        "rows/s >= 10x the course's": summary["speedup"] >= 10,
+        "pipeline peak RSS <= 1.5 GB": summary["peak_rss_mb"]["pipeline"] <= 1536}
     assert "| rows/s | " in result.stdout

@@ -631,6 +631,8 @@ def test_kill_9_while_the_tracking_database_is_created_leaves_none_half_made(tmp
     making = time.monotonic() - started
     landed = []
     for i, share in enumerate((0.0, 0.15, 0.3, 0.45, 0.6)):
+        for leftover in (partial, Path(f"{partial}-journal")):  # the attempt before's: this attempt must make its own
+            leftover.unlink(missing_ok=True)
         run = LuigiProcess(tmp_path, config, "TuneHyperparams", *MONTH, name=f"kill-{i}")
         run.wait_until(lambda: partial.exists() or database.exists(), "the tracking database being created")
         time.sleep(share * making)
@@ -638,6 +640,7 @@ def test_kill_9_while_the_tracking_database_is_created_leaves_none_half_made(tmp
         assert not database.exists(), f"a half-made database after a kill {share * making:.2f}s into its creation"
         landed.append(partial.exists())
     assert all(landed), landed  # every kill came while the database was being made
+    assert partial.exists()  # the last attempt's, for the rerun to sweep
     rerun = LuigiProcess(tmp_path, config, "TuneHyperparams", *MONTH, name="rerun")
     assert rerun.finish() == 0, rerun.log[-3000:]
     assert luigi_ran(rerun.log) == ["TuneHyperparams"]

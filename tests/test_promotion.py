@@ -244,12 +244,15 @@ def test_month_after_month_the_champion_rests_on_gate_rows_thresholds_drift_and_
     assert (later["version"], later["decision"], later["reference_month"]) == (5, "held", "2022-03")
     accepted = register(2022, 5, accept_drift="true")
     assert (accepted["version"], accepted["accept_drift"], accepted["previous_champion_version"]) == (5, True, 3)
-    assert accepted["decision"] in ("champion", "challenger") and aliases()[accepted["decision"]] == 5
+    gate = gate_of(store, "2022-06")
+    expected = "champion" if rescored(5, gate) < rescored(3, gate) * (1 - 0.005) else "challenger"  # the margin
+    assert accepted["decision"] == expected and aliases()[expected] == 5
     assert accepted["reason"].endswith(f"; data drift accepted ({later['reason'].removeprefix('held: data drift (')}")
 
     # a model above the cap is registered and never made champion
     capped = register(2022, 4, max_rmse="1")
     assert (capped["version"], capped["decision"]) == (6, "rejected") and aliases()["champion"] != 6
+    assert capped["gate_rmse"] == pytest.approx(rescored(6, gate_of(store, "2022-05")), rel=1e-9)
     assert capped["reason"] == f"rejected: RMSE {capped['gate_rmse']:.2f} above the cap 1"
     report = Path(tasks.RegisterModel(year=2022, month=4).output()[layout.REPORT].path).read_text()
     assert capped["reason"] in report and f"{capped['gate_rmse'] - capped['val_rmse']:+.4f}" in report

@@ -83,6 +83,7 @@ def test_gate_makes_a_worse_model_challenger_and_a_better_one_champion(luigi_con
     assert better["previous_champion_gate_rmse"] == pytest.approx(rescored(client, 1, store), rel=1e-9)
 
     worse_outputs, worse = register_in_process(**ONE_TREE, seed="7")
+    assert worse["gate_rmse"] == pytest.approx(rescored(client, 3, store), rel=1e-9)
     assert worse["gate_rmse"] > better["gate_rmse"]
     assert decisions(worse) == (3, "challenger", 2)
     assert worse["previous_champion_gate_rmse"] == pytest.approx(rescored(client, 2, store), rel=1e-9)
@@ -178,7 +179,8 @@ def test_two_registrations_at_once_leave_the_better_model_champion(tmp_path, sam
     lookups = proxy.hold("GET", CHAMPION_LOOKUP, count=2, order=lambda body: 0, timeout=10)
     updates = proxy.hold("POST", SET_ALIAS, count=2, order=better_first, timeout=10)
     done = subprocess.run([str(ROOT / "scripts" / "backfill"), "green", "2021-01", "2023-01", "--workers", "2"],
-                          capture_output=True, text=True, timeout=600, env={**os.environ, "LUIGI_CONFIG_PATH": str(config)})
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "LUIGI_CONFIG_PATH": str(config)})
     assert done.returncode == 20, done.stderr[-3000:]  # [retcode] missing_data: the months between are not there
     assert set(re.findall(r" done +RegisterModel\(color=green, year=(\d+), month=(\d+)", done.stderr)) == {
         ("2021", "1"), ("2023", "1")}
@@ -260,5 +262,6 @@ def test_registrations_on_one_sqlite_registry_take_turns_without_a_scheduler(tmp
     a_done.set()
     b.join(60)
     assert (results["B"]["decision"], results["B"]["previous_champion_version"]) == ("champion", 1)
-    assert (results["A"]["decision"], results["A"]["previous_champion_version"]) == ("champion", results["B"]["version"])
+    assert (results["A"]["decision"], results["A"]["previous_champion_version"]) == (
+        "champion", results["B"]["version"])
     assert aliases(MlflowClient())["champion"] == results["A"]["version"]

@@ -59,7 +59,8 @@ def services(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, sampled_tlc, services) -> Trained:
     """2021-01 registered (champion), then 2023-01 (held: its data drifted from 2021-01's), then an operator made
-    2023-01 champion by hand; against luigid, a month missing from the mirror failed once, and another one twice (so it is disabled)."""
+    2023-01 champion by hand; against luigid, a month missing from the mirror failed once, and another one twice
+    (so it is disabled)."""
     mlflow, luigid = services
     workdir = tmp_path_factory.mktemp("status")
     sections = {"taxi": {"source": str(sampled_tlc), "store": str(workdir / "store"), "threads": "1"},
@@ -225,6 +226,7 @@ def test_an_s3_store_is_listed_like_a_folder(trained, tmp_path):
         s3.stop()
     assert shown.returncode == 0, shown.stderr[-3000:]
     rows = table(shown.stdout)
+    assert len(rows) == len(trained.registrations) >= 2, shown.stdout
     assert [(row["month"], row["version"]) for row in rows] == [
         (month, f"v{r['version']}") for month, r in sorted(trained.registrations.items())]
     for row in rows:
