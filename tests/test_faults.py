@@ -441,7 +441,7 @@ def test_mlflow_down_before_register_fails_naming_the_tracking_uri(pipeline):
 def test_register_after_mlflow_is_back_reruns_neither_tuning_nor_training(pipeline):
     for step in ("register", "rerun"):
         assert pipeline.steps[step].ran == ["RegisterModel"]
-    assert f"{MODEL} version 1 is now champion" in pipeline.steps["register"].log
+    assert f"{MODEL} version 1: champion: the first model" in pipeline.steps["register"].log
 
 
 def test_kill_9_in_register_then_rerun_registers_exactly_one_version(pipeline):
