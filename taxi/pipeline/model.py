@@ -273,7 +273,8 @@ class RegisterModel(TrainingTask):
         if url:
             self.set_tracking_url(url)
         return {"name": name, "version": version, "run_id": trained["run_id"], "model_uri": trained["model_uri"],
-                "tracking_uri": tracking_uri, "task_id": self.task_id, "month": self.ym, "val_rmse": trained["val_rmse"],
+                "tracking_uri": tracking_uri, "task_id": self.task_id, "month": self.ym,
+                "val_rmse": trained["val_rmse"],
                 "gate_rmse": evidence.gate_rmse, "gate_rows": len(evidence.gate), **asdict(decision),
                 "accept_drift": self.accept_drift, "reference_month": evidence.reference_month,
                 "drift": [{**asdict(measure), "over": measure.over} for measure in evidence.drift]}
