@@ -111,7 +111,7 @@ def _curve(matrices, params: dict, rounds: int, rows: int, seed: int, booster_se
 def test_a_trial_behind_the_best_finished_trial_is_pruned_at_the_first_round_it_falls_behind(matrices, tmp_path):
     """Pruned trials stop at the first round (from prune_after_rounds on) where they are more than the tolerance
     behind the best finished trial before them, are tagged pruned, and never become the best; the others run on."""
-    settings = tuning.TuningSettings(max_evals=5, num_boost_round=60, early_stopping_rounds=60, no_progress_evals=5,
+    settings = tuning.TuningSettings(max_evals=5, num_boost_round=30, early_stopping_rounds=30, no_progress_evals=5,
                                      startup_evals=5, sample_rows=3_000, seed=4, nthread=2, prune_tolerance=0.01,
                                      prune_after_rounds=5)
     best, runs = _search(matrices, tmp_path, settings, course_reference=False)
@@ -121,15 +121,15 @@ def test_a_trial_behind_the_best_finished_trial_is_pruned_at_the_first_round_it_
     for trial in history:
         assert runs[trial["trial"]].data.tags["taxi.pruned"] == str(trial["pruned_at"] is not None).lower()
         finished_before = [t for t in history[:trial["trial"]] if t["pruned_at"] is None]
-        curve = _curve(matrices, trial["params"], 60, 3_000, 4)
+        curve = _curve(matrices, trial["params"], 30, 3_000, 4)
         if not finished_before:
             assert trial["pruned_at"] is None
             continue
         leader = min(finished_before, key=lambda t: t["val_rmse"])
         reference = _curve(matrices, leader["params"], leader["rounds_trained"], 3_000, 4)
-        behind = [r for r in range(5, 61) if curve[r - 1] > reference[min(r, len(reference)) - 1] * 1.01]
+        behind = [r for r in range(5, 31) if curve[r - 1] > reference[min(r, len(reference)) - 1] * 1.01]
         assert trial["pruned_at"] == (behind[0] if behind else None), trial
-        assert trial["rounds_trained"] == (trial["pruned_at"] or 60)
+        assert trial["rounds_trained"] == (trial["pruned_at"] or 30)
     assert best["val_rmse"] == min(t["val_rmse"] for t in history if t["pruned_at"] is None)
     assert best["val_rmse"] not in [t["val_rmse"] for t in pruned]
 
