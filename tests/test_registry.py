@@ -189,17 +189,27 @@ def test_two_registrations_at_once_leave_the_better_model_champion(tmp_path, sam
 
 
 def one_champion_and_the_other_compared_with_it(client: MlflowClient, store: Path) -> bool:
-    """Whichever of the two months decided first is champion; the second saw it: 2023-01 after 2021-01 is held (its
-    data drifted from 2021-01's), 2021-01 after 2023-01 is older. Decided at once, both would be champion."""
+    """Whichever of the two months decided first is champion; the second saw it: 2021-01 after 2023-01 is older;
+    2023-01 after 2021-01 is held when it measured its drift from 2021-01's data, and challenger, compared with
+    2021-01's model, when it chose its reference month before any model was registered (the reference is chosen
+    before the decision's lock). Decided at once, both would be champion."""
     versions = {client.get_run(v.run_id).data.tags["train.month"]: int(v.version)
                 for v in client.search_model_versions(f"name='{MODEL}'")}
     registrations = {r["month"]: r for r in (json.loads(p.read_text()) for p in store.rglob("registration.json"))}
     assert sorted(versions) == sorted(registrations) == ["2021-01", "2023-01"]
-    [first] = [month for month, r in registrations.items() if r["decision"] == "champion"]
+    [first] = [month for month, r in registrations.items() if r["previous_champion_version"] is None]
     [second] = [month for month in registrations if month != first]
-    assert registrations[second]["decision"] == ("held" if second == "2023-01" else "older"), registrations[second]
-    assert registrations[second]["previous_champion_version"] == versions[first]
-    return aliases(client) == {"champion": versions[first]}
+    later = registrations[second]
+    assert registrations[first]["decision"] == "champion" and later["previous_champion_version"] == versions[first]
+    if second == "2021-01":
+        expected = "older"
+    elif later["reference_month"] == "2021-01":
+        expected = "held"
+    else:  # decided on the margin against 2021-01's model
+        expected = "champion" if later["gate_rmse"] < later["previous_champion_gate_rmse"] * 0.995 else "challenger"
+    assert later["decision"] == expected, later
+    champion = second if expected == "champion" else first
+    return aliases(client).get("champion") == versions[champion]
 
 
 def test_two_months_started_at_once_on_a_new_sqlite_database_both_register(tmp_path, sampled_tlc):
