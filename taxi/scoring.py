@@ -19,7 +19,7 @@ from taxi.urls import redact
 
 TRIP_COLUMNS = (PICKUP, *INPUT_COLUMNS, "duration")  # what scoring reads of a cleaned month
 ID_FIELDS = (PICKUP, "PULocationID", "DOLocationID", "trip_distance")  # a trip's own fields in its ride id
-MONTH_TAGS = ("train.month", "valid.month")  # on a training run (tracking.lineage_tags)
+MONTH_TAGS = (registry.MONTH_TAG, "valid.month")  # on a training run (tracking.lineage_tags)
 # on a scoring run: the registered version it scored with, and the run that trained that version
 MODEL_NAME_TAG, MODEL_VERSION_TAG, MODEL_RUN_TAG = "taxi.model_name", "taxi.model_version", "taxi.model_run_id"
 
