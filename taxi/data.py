@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from taxi.columns import DATETIME_PREFIX, PICKUP
 from taxi.zones import pu_do, zone_str
 
 log = logging.getLogger(__name__)
@@ -22,10 +23,8 @@ COLORS = ("green", "yellow")
 FIRST_YEAR = 2009
 TLC_SOURCE = "https://d37ci6vzurychx.cloudfront.net/trip-data/{color}_tripdata_{year}-{month:02d}.parquet"
 TLC_FILENAME = "{color}_tripdata_{ym}.parquet"  # the TLC's own file name of a month, kept in mirrors and the store
-DATETIME_PREFIX = {"green": "lpep", "yellow": "tpep"}
 MIN_DURATION, MAX_DURATION = 1.0, 60.0
 KNOWN_ZONES = (1, 265)
-PICKUP = "pickup_datetime"  # the cleaned trips' pickup time, whatever the colour's own column name
 TRIP_FIELDS = (PICKUP, "PULocationID", "DOLocationID", "trip_distance", "duration")  # what identifies a trip
 GATE_BUCKETS = 1_000_000
 CHUNK = 1 << 20

@@ -1,23 +1,110 @@
-"""Feature matrices identical to DictVectorizer on {PU_DO, trip_distance} records, built without dicts (pure: no
-luigi; part of the served model's code)."""
+"""The feature sets and their matrices (pure: no luigi; part of the served model's code).
+
+- "clock" (the default): the pickup zone, the dropoff zone and their pair as XGBoost categories, the trip distance,
+  and the pickup's hour and day of the week; a dense float32 matrix, unseen zones as missing values.
+- "course": the course's DictVectorizer on {PU_DO, trip_distance} records, entry for entry, built without dicts.
+"""
 
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
-from sklearn.feature_extraction import DictVectorizer
 
-CATEGORICAL, NUMERICAL = "PU_DO", "trip_distance"
-TARGET = "duration"
+from taxi.columns import DISTANCE, DO, DURATION, PICKUP, PU, PU_DO
+
+CLOCK, COURSE = "clock", "course"
+FEATURE_SETS = (CLOCK, COURSE)
+DEFAULT_FEATURE_SET = CLOCK
+CATEGORICAL, NUMERICAL = PU_DO, DISTANCE  # the course set's two features
+TARGET = DURATION
+HOUR, WEEKDAY = "pickup_hour", "pickup_weekday"
+CLOCK_CATEGORIES = (PU_DO, PU, DO)
+CLOCK_NUMBERS = (DISTANCE, HOUR, WEEKDAY)
+
+Matrix = sp.csr_matrix | np.ndarray
+
+if TYPE_CHECKING:  # scikit-learn loads slowly: only the course set's fit needs it
+    from sklearn.feature_extraction import DictVectorizer
+
+
+class ClockEncoder:
+    """The clock set's fitted encoder: the training month's zones and zone pairs, each column's categories in sorted
+    order (a category's code is its position), and the raw pickup column the served model reads."""
+
+    feature_set = CLOCK
+
+    def __init__(self, categories: dict[str, list[str]], pickup: str):
+        self.categories = categories
+        self.pickup = pickup
+
+    @property
+    def feature_names_(self) -> list[str]:
+        return [*CLOCK_CATEGORIES, *CLOCK_NUMBERS]
+
+    @property
+    def feature_types(self) -> list[str]:
+        """XGBoost's feature types: "c" for a category, "q" for a number."""
+        return ["c"] * len(CLOCK_CATEGORIES) + ["q"] * len(CLOCK_NUMBERS)
+
+    def transform(self, trips: pd.DataFrame) -> np.ndarray:
+        """The matrix of cleaned trips (zone ids as strings, PU_DO, distance, pickup time)."""
+        pickup = trips[PICKUP].dt
+        columns = [_codes(trips[column], self.categories[column]) for column in CLOCK_CATEGORIES]
+        columns += [trips[DISTANCE].to_numpy(dtype=np.float32), pickup.hour.to_numpy(dtype=np.float32),
+                    pickup.weekday.to_numpy(dtype=np.float32)]
+        return np.column_stack(columns) if len(trips) else np.empty((0, len(columns)), dtype=np.float32)
+
+
+def _codes(values: pd.Series, categories: list[str]) -> np.ndarray:
+    """Each value's position in `categories` as float32, NaN (XGBoost's missing value) for one not among them: a hash
+    lookup in Arrow, as pandas' get_indexer would first turn every value into a Python string."""
+    codes = pc.index_in(pa.array(values.astype(str)), value_set=pa.array(categories, pa.string()))
+    return codes.to_numpy(zero_copy_only=False).astype(np.float32)  # nulls become NaN
+
+
+def fit(feature_set: str, trips: pd.DataFrame, pickup: str) -> DictVectorizer | ClockEncoder:
+    """The feature set's encoder fitted on a training month's cleaned trips; `pickup` names the raw pickup column the
+    served model will read (lpep_ or tpep_pickup_datetime)."""
+    if feature_set == CLOCK:
+        return ClockEncoder({column: np.sort(trips[column].astype(str).unique()).tolist()
+                             for column in CLOCK_CATEGORIES}, pickup)
+    if feature_set == COURSE:
+        return fit_vectorizer(trips)
+    raise ValueError(f"unknown feature set {feature_set!r}: choose one of {', '.join(FEATURE_SETS)}")
+
+
+def feature_set_of(encoder: DictVectorizer | ClockEncoder) -> str:
+    return getattr(encoder, "feature_set", COURSE)
+
+
+def feature_types(encoder: DictVectorizer | ClockEncoder) -> list[str] | None:
+    """XGBoost's feature types of the encoder's matrices (None: all numbers)."""
+    return getattr(encoder, "feature_types", None)
+
+
+def columns(feature_set: str) -> list[str]:
+    """The cleaned trips' columns a feature set reads, and the target."""
+    used = [*CLOCK_CATEGORIES, DISTANCE, PICKUP] if feature_set == CLOCK else [CATEGORICAL, NUMERICAL]
+    return [*used, TARGET]
+
+
+def transform(encoder: DictVectorizer | ClockEncoder, trips: pd.DataFrame) -> Matrix:
+    """The matrix of cleaned trips under a fitted encoder."""
+    if isinstance(encoder, ClockEncoder):
+        return encoder.transform(trips)
+    return transform_course(encoder, trips)
 
 
 def fit_vectorizer(df: pd.DataFrame) -> DictVectorizer:
     """A DictVectorizer fitted as `fit(df[[PU_DO, trip_distance]].to_dict('records'))` would be."""
+    from sklearn.feature_extraction import DictVectorizer
+
     categories = np.sort(df[CATEGORICAL].unique().astype(str))
     names = [f"{CATEGORICAL}={value}" for value in categories] + [NUMERICAL]
     names.sort()  # DictVectorizer sorts feature names; 'PU_DO=…' < 'trip_distance' keeps the one-hots first
@@ -27,7 +114,7 @@ def fit_vectorizer(df: pd.DataFrame) -> DictVectorizer:
     return vectorizer
 
 
-def transform(vectorizer: DictVectorizer, df: pd.DataFrame) -> sp.csr_matrix:
+def transform_course(vectorizer: DictVectorizer, df: pd.DataFrame) -> sp.csr_matrix:
     """`vectorizer.transform(records)` for PU_DO/trip_distance records, entry for entry, in vectorised numpy."""
     vocabulary = vectorizer.vocabulary_
     prefix = f"{CATEGORICAL}="
@@ -50,21 +137,34 @@ def transform(vectorizer: DictVectorizer, df: pd.DataFrame) -> sp.csr_matrix:
     return sp.csr_matrix((data, indices, indptr), shape=(len(df), len(vocabulary)))
 
 
+def dmatrix(X: Matrix, y: np.ndarray | None, nthread: int, feature_types: list[str] | None = None):
+    """XGBoost's DMatrix of a matrix, its categories marked as such."""
+    import xgboost as xgb  # loads slowly: only training needs a DMatrix
+
+    return xgb.DMatrix(X, label=y, nthread=nthread, feature_types=feature_types,
+                       enable_categorical=feature_types is not None)
+
+
 def target(df: pd.DataFrame) -> np.ndarray:
     return df[TARGET].to_numpy(dtype=np.float64)
 
 
-def save_matrix(X: sp.csr_matrix, y: np.ndarray, f) -> None:
-    """Write a CSR matrix and its targets to a binary file object as one .npz."""
-    np.savez(f, data=X.data, indices=X.indices, indptr=X.indptr, shape=np.array(X.shape), y=y)
+def save_matrix(X: Matrix, y: np.ndarray, f) -> None:
+    """Write a matrix (CSR or dense) and its targets to a binary file object as one .npz."""
+    if sp.issparse(X):
+        np.savez(f, data=X.data, indices=X.indices, indptr=X.indptr, shape=np.array(X.shape), y=y)
+    else:
+        np.savez(f, dense=X, y=y)
 
 
-def load_matrix(f) -> tuple[sp.csr_matrix, np.ndarray]:
+def load_matrix(f) -> tuple[Matrix, np.ndarray]:
     """Read what `save_matrix` wrote (bytes, a path, or a file object that need not be seekable)."""
     if isinstance(f, bytes):
         f = io.BytesIO(f)
     elif hasattr(f, "read"):
         f = io.BytesIO(f.read())
     with np.load(f) as npz:
+        if "dense" in npz:
+            return npz["dense"], npz["y"]
         X = sp.csr_matrix((npz["data"], npz["indices"], npz["indptr"]), shape=tuple(npz["shape"]))
         return X, npz["y"]

@@ -34,25 +34,29 @@ def model_name(color: str) -> str:
 
 
 def register(name: str, run_id: str, model_uri: str, gate_rmse: float, score_version: Callable[[str], float],
-             decide: Decide, accept_drift: bool) -> tuple[int, Decision]:
+             decide: Decide, accepted: dict[str, bool]) -> tuple[int, Decision]:
     """Register the run's model (once per run) and carry out `decide(the champion now)`: record the decision and
     its reason on the version, then move the alias it names (if any). Returns (version, decision).
 
-    `score_version(models_uri)` scores the champion on this model's gate rows. Only "no such model" or "no champion
+    Everything the decision reads of the registry (the champion, its month, its input contract, its score on this
+    model's gate rows through `score_version(models_uri)`) is read under the decision lock. `accepted` holds the
+    operator's flags (promotion.Policy.accepted), recorded with the decision. Only "no such model" or "no champion
     alias" means there is no champion; any other registry error raises RegistryError before the alias moves."""
     client = MlflowClient()
     with local_registry_lock(mlflow.get_tracking_uri()):
         champion_version = _champion_version(client, name)
         version = _version_of_run(client, name, run_id) or _create_version(client, name, run_id, model_uri)
-        decision = _recorded_decision(version, champion_version, accept_drift)
+        decision = _recorded_decision(version, champion_version, accepted)
         if decision is None:
-            champion = None if champion_version is None else Champion(
-                champion_version, _month_of(client, name, champion_version),
-                score_version(f"models:/{name}/{champion_version}"))
+            champion = None
+            if champion_version is not None:
+                uri = f"models:/{name}/{champion_version}"
+                champion = Champion(champion_version, _month_of(client, name, champion_version), score_version(uri),
+                                    input_contract(uri))
             decision = decide(champion)
             # recorded before the alias moves, so that a rerun after a crash reports what this run compared with
             for tag, value in ((RMSE_TAG, str(gate_rmse)), (REASON_TAG, decision.reason),
-                               (DECISION_TAG, json.dumps({**asdict(decision), "accept_drift": accept_drift}))):
+                               (DECISION_TAG, json.dumps({**asdict(decision), **accepted}))):
                 _call(f"record the decision on {name} v{version.version}", client.set_model_version_tag, name,
                       version.version, tag, value)
         if decision.alias:
@@ -60,6 +64,19 @@ def register(name: str, run_id: str, model_uri: str, gate_rmse: float, score_ver
                   decision.alias, version.version)
     log.info("%s version %s: %s", name, version.version, decision.reason)
     return int(version.version), decision
+
+
+def input_contract(model_uri: str) -> tuple[str, ...]:
+    """A logged model's input contract, one "name (type)" per column of its signature ("name (type, optional)" for
+    an optional one); empty for a model logged without a signature."""
+    signature = _call(f"read the signature of {model_uri}", mlflow.models.get_model_info, model_uri).signature
+    if signature is None or signature.inputs is None:
+        return ()
+    columns = []
+    for spec in signature.inputs.to_dict():
+        optional = "" if spec.get("required", True) else ", optional"
+        columns.append(f"{spec.get('name')} ({spec['type']}{optional})")
+    return tuple(columns)
 
 
 def registered_rmse(name: str, version: int) -> float | None:
@@ -73,18 +90,6 @@ def champion_version(name: str, outcome: str) -> int | None:
     """The version the champion alias of `name` points at now; None when there is no such model or alias. Any other
     registry error raises RegistryError, saying `outcome`."""
     return _champion_version(MlflowClient(), name, create=False, outcome=outcome)
-
-
-def reference_month(name: str) -> str | None:
-    """The training month a new model's data is compared with: the champion's, else the newest registered
-    version's; None when `name` has no version."""
-    client = MlflowClient()
-    champion = _champion_version(client, name, create=False)
-    if champion is not None:
-        return _month_of(client, name, champion)
-    versions = _call(f"search the versions of {name}", client.search_model_versions, f"name='{name}'")
-    newest = max(versions, key=lambda v: int(v.version), default=None)
-    return None if newest is None else _month_of(client, name, int(newest.version))
 
 
 def _month_of(client: MlflowClient, name: str, version: int) -> str:
@@ -158,17 +163,18 @@ def _champion_version(client: MlflowClient, name: str, create: bool = True,
     return None if version is None else int(version)
 
 
-def _recorded_decision(version, champion: int | None, accept_drift: bool) -> Decision | None:
+def _recorded_decision(version, champion: int | None, accepted: dict[str, bool]) -> Decision | None:
     """The decision an earlier attempt recorded for this version, if it was made on the same terms (the champion
-    is still the one it compared with, or is this version; drift accepted or not alike): then the rerun finishes
-    that decision instead of comparing the model with itself."""
+    is still the one it compared with, or is this version; the same flags accepted): then the rerun finishes that
+    decision instead of comparing the model with itself."""
     recorded = version.tags.get(DECISION_TAG)
     if recorded is None:
         return None
     terms = json.loads(recorded)
-    decision = Decision(**{key: value for key, value in terms.items() if key != "accept_drift"})
+    decision = Decision(**{key: value for key, value in terms.items() if key in Decision.__dataclass_fields__})
     same_champion = champion in (decision.previous_champion_version, int(version.version))
-    return decision if same_champion and terms.get("accept_drift") == accept_drift else None
+    same_flags = all(terms.get(flag, False) == value for flag, value in accepted.items())
+    return decision if same_champion and same_flags else None
 
 
 def registered_run_of_task(experiment: str, name: str, task_id: str) -> tuple[str, str] | None:
@@ -180,3 +186,22 @@ def registered_run_of_task(experiment: str, name: str, task_id: str) -> tuple[st
         if version is not None:
             return run.info.run_id, version.source
     return None
+
+
+def model_in_registry(trained: dict, tracking_uri: str, experiment: str, name: str, task_id: str,
+                      log_again: Callable[[], tuple[str, str]]) -> dict:
+    """train.json's record of a model as it is in the registry at `tracking_uri`. TrainModel may have logged it in
+    another (the store was built against it): then the run an earlier attempt of task `task_id` logged and
+    registered here, else the stored model logged again here by `log_again()` -> (run id, model URI)."""
+    if trained.get("tracking_uri", tracking_uri) == tracking_uri:
+        return trained
+    earlier = registered_run_of_task(experiment, name, task_id)
+    if earlier:
+        log.info("the %s model was logged in %s, and in %s before by run %s: registering that run", name,
+                 trained["tracking_uri"], tracking_uri, earlier[0])
+        run_id, model_uri = earlier
+    else:
+        log.warning("the %s model was logged in %s, not in %s: logging the stored model there again", name,
+                    trained["tracking_uri"], tracking_uri)
+        run_id, model_uri = log_again()
+    return {**trained, "run_id": run_id, "model_uri": model_uri, "tracking_uri": tracking_uri}

@@ -78,16 +78,15 @@ def tuning_plot(history: list[dict], course_rmse: float | None) -> bytes:
     return _png(fig)
 
 
-def drift_plot(month: pd.DataFrame, reference: pd.DataFrame | None, month_name: str,
-               reference_name: str | None) -> bytes:
-    """PNG: per drift feature, this training month's distribution beside the reference month's (alone when there
-    is no reference): the pickup and dropoff zones' frequencies (the reference's 20 busiest), distance, duration."""
+def drift_plot(month: pd.DataFrame, reference: pd.DataFrame, month_name: str, reference_name: str) -> bytes:
+    """PNG: per drift feature, this training month's distribution beside the reference month's: the pickup and
+    dropoff zones' frequencies (the reference's 20 busiest), distance, duration."""
     plt = _pyplot()
 
-    frames = {month_name: month, **({reference_name: reference} if reference is not None else {})}
+    frames = {month_name: month, reference_name: reference}
     fig, axes = plt.subplots(2, 2, figsize=(11, 7))
     for ax, column in zip(axes[0], ("PULocationID", "DOLocationID")):
-        busiest = (reference if reference is not None else month)[column].value_counts().index[:20]
+        busiest = reference[column].value_counts().index[:20]
         for offset, (name, frame) in enumerate(frames.items()):
             shares = frame[column].value_counts(normalize=True).reindex(busiest, fill_value=0)
             ax.bar(np.arange(len(busiest)) + 0.4 * offset, shares, width=0.4, label=name)
@@ -105,7 +104,7 @@ def drift_plot(month: pd.DataFrame, reference: pd.DataFrame | None, month_name: 
 
 def build(color: str, registration: dict, trained: dict, tuning: dict, stats: dict[str, dict], y_gate: np.ndarray,
           predicted: np.ndarray, importances: dict[str, float],
-          drift_frames: tuple[pd.DataFrame, pd.DataFrame | None], register_seconds: float) -> dict[str, bytes]:
+          drift_frames: tuple[pd.DataFrame, pd.DataFrame], register_seconds: float) -> dict[str, bytes]:
     """Every file of a run's report (layout.REPORT_FILES), as bytes by name, from the run's records (registration,
     training, tuning, the months' stats), the model's predictions on the gate rows, the feature importances and
     the training and reference months' cleaned trips."""
@@ -119,14 +118,15 @@ def build(color: str, registration: dict, trained: dict, tuning: dict, stats: di
                     "register + report": register_seconds},
     }
     return {REPORT: markdown(summary).encode(), **plots(y_gate, predicted, importances),
-            TUNING_PLOT: tuning_plot(tuning["history"], tuning["course_val_rmse"]),
+            TUNING_PLOT: tuning_plot(tuning["history"], tuning.get("course_val_rmse")),
             DRIFT_PLOT: drift_plot(*drift_frames, registration["month"], registration["reference_month"])}
 
 
 def _tuning_lines(tuning: dict) -> list[str]:
-    """The search in a few lines: trials, pruned, warm start, and the course's parameters on the same sample."""
+    """The search in a few lines: trials, pruned, warm start, and the course's parameters on the same sample where a
+    tuning recorded them (taxi's tunings before the clock feature set did)."""
     pruned = pruned_count(tuning["history"])
-    course = tuning["course_val_rmse"]
+    course = tuning.get("course_val_rmse")
     line = (f"{tuning['trials']} trials ({pruned} pruned) in {tuning['search_seconds']:.1f} s; "
             f"{tuning['warm_start']['note']}; best validation RMSE on the trial sample {tuning['val_rmse']:.4f}"
             + ("" if course is None else f", the course's fixed parameters {course:.4f}") + ".")
@@ -160,11 +160,8 @@ def _evidence_lines(reg: dict, valid_month: str) -> list[str]:
 
 def _drift_lines(reg: dict) -> list[str]:
     """The drift table: each feature's distance from the reference month and its limit."""
-    if reg["reference_month"] is None:
-        return ["No reference month (no earlier registered month of this colour): drift was not measured.", "",
-                f"![drift]({DRIFT_PLOT})"]
-    lines = [f"Against {reg['reference_month']}, the month the champion (or, with no champion, the newest "
-             f"registered model) was trained on{'; drift accepted' if reg['accept_drift'] else ''}.", "",
+    lines = [f"Against {reg['reference_month']}, the validation month: the two months a model rests on must agree, "
+             f"or one of them is broken{'; drift accepted' if reg['accept_drift'] else ''}.", "",
              "| feature | distance | value | limit | drifted |", "|---|---|---:|---:|---|"]
     lines += [f"| {m['feature']} | {m['method']} | {m['distance']:.4f} | {m['limit']:g} | "
               f"{'**yes**' if m['over'] else 'no'} |" for m in reg["drift"]]
@@ -186,8 +183,8 @@ def markdown(summary: dict) -> str:
     lines = [
         f"# {reg['name']} v{reg['version']}: {reg['decision']}",
         "",
-        f"Trained on {data['train_month']}, validated on {data['valid_month']} ({summary['color']} taxi). Run "
-        f"`{reg['run_id']}`, model `{reg['model_uri']}`.",
+        f"Trained on {data['train_month']}, validated on {data['valid_month']} ({summary['color']} taxi), feature set "
+        f"`{reg['feature_set']}`. Run `{reg['run_id']}`, model `{reg['model_uri']}`.",
         "",
         "| month | source | rows raw | rows clean | dropped |",
         "|---|---|---:|---:|---:|",

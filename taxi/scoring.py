@@ -13,11 +13,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from taxi import metrics, registry, tracking
-from taxi.data import PICKUP
-from taxi.serving import INPUT_COLUMNS
+from taxi.columns import DURATION, PICKUP
+from taxi.serving import ZONE_INPUTS, model_input
 from taxi.urls import redact
 
-TRIP_COLUMNS = (PICKUP, *INPUT_COLUMNS, "duration")  # what scoring reads of a cleaned month
+TRIP_COLUMNS = (PICKUP, *ZONE_INPUTS, DURATION)  # what scoring reads of a cleaned month
 ID_FIELDS = (PICKUP, "PULocationID", "DOLocationID", "trip_distance")  # a trip's own fields in its ride id
 MONTH_TAGS = (registry.MONTH_TAG, "valid.month")  # on a training run (tracking.lineage_tags)
 # on a scoring run: the registered version it scored with, and the run that trained that version
@@ -99,12 +99,18 @@ def distinct_rows(frame: pd.DataFrame, columns: tuple[str, ...]) -> tuple[np.nda
     return np.flatnonzero(~pd.Series(inverse).duplicated().to_numpy()), inverse
 
 
+def inputs_of(model: mlflow.pyfunc.PyFuncModel) -> list[str]:
+    """The raw trip fields a loaded model reads: the columns of its signature."""
+    return model.metadata.get_input_schema().input_names()
+
+
 def predict_trips(model: mlflow.pyfunc.PyFuncModel, trips: pd.DataFrame) -> np.ndarray:
-    """The pyfunc's prediction for every trip, asking it once per distinct (zones, distance) row: a prediction
-    depends on nothing else, months repeat such rows a lot, and MLflow checks the input's types value by value."""
-    first, inverse = distinct_rows(trips, INPUT_COLUMNS)
-    distinct = trips.iloc[first][list(INPUT_COLUMNS)].reset_index(drop=True)
-    return np.asarray(model.predict(distinct))[inverse]
+    """The pyfunc's prediction for every cleaned trip, given as the model's raw input (the pickup time under the
+    TLC's own name), asking it once per distinct input row: a prediction depends on nothing else, months repeat
+    such rows, and MLflow checks the input's types value by value."""
+    frame = model_input(trips, inputs_of(model))
+    first, inverse = distinct_rows(frame, tuple(frame.columns))
+    return np.asarray(model.predict(frame.iloc[first].reset_index(drop=True)))[inverse]
 
 
 def ride_ids(trips: pd.DataFrame, color: str, month: str) -> pa.Array:
@@ -127,7 +133,7 @@ def predictions(trips: pd.DataFrame, predicted: np.ndarray, model: ModelVersion,
     predicted = predicted.astype(np.float64)
     return pa.table({
         "ride_id": ride_ids(trips, color, month), PICKUP: pa.array(trips[PICKUP]),
-        **{column: pa.array(trips[column]) for column in INPUT_COLUMNS},
+        **{column: pa.array(trips[column]) for column in ZONE_INPUTS},
         "actual_duration": actual, "predicted_duration": predicted, "diff": actual - predicted,
         "model_name": pa.repeat(model.name, len(trips)), "model_version": pa.repeat(model.version, len(trips)),
         "model_run_id": pa.repeat(model.run_id, len(trips))})
@@ -179,7 +185,8 @@ def log_live_error(live: dict, model: ModelVersion) -> None:
 
 def predict(model_uri: str, trips: pd.DataFrame) -> np.ndarray:
     """The predictions of the model at `model_uri` (e.g. models:/name/3) for cleaned trips."""
-    return mlflow.pyfunc.load_model(model_uri).predict(trips[list(INPUT_COLUMNS)])
+    model = mlflow.pyfunc.load_model(model_uri)
+    return np.asarray(model.predict(model_input(trips, inputs_of(model))))
 
 
 def version_rmse(model_uri: str, trips: pd.DataFrame) -> float:

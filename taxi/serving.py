@@ -1,6 +1,7 @@
-"""The served model: vectorizer + booster as an MLflow pyfunc that predicts trip minutes from raw trip fields
-(pure: no luigi). This module, features.py, zones.py and the package's __init__ are the only code a registered model
-carries (training.log_model); scoring and registration load models through MLflow, so they run exactly this code."""
+"""The served model: encoder + booster as an MLflow pyfunc that predicts trip minutes from raw trip fields, and its
+input contract (pure: no luigi). This module, features.py, columns.py, zones.py and the package's __init__ are the
+only code a registered model carries (training.log_model); scoring and registration load models through MLflow, so
+they run exactly this code."""
 
 from __future__ import annotations
 
@@ -17,30 +18,79 @@ from mlflow.types.schema import AnyType
 from sklearn.feature_extraction import DictVectorizer
 
 from taxi import features, zones
+from taxi.columns import DISTANCE, DO, PICKUP, PU, PU_DO
 
-INPUT_COLUMNS = ("PULocationID", "DOLocationID", "trip_distance")  # what a user gives the model
-INPUT_EXAMPLE = pd.DataFrame([{"PULocationID": 43, "DOLocationID": 151, "trip_distance": 1.01}])
-# zone ids as a user has them (ints, floats from a month with gaps, strings): prepare_raw applies cleaning's rule
-SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec(AnyType(), "PULocationID"), ColSpec(AnyType(), "DOLocationID"),
-                   ColSpec("double", "trip_distance")]),
-    outputs=Schema([TensorSpec(np.dtype("float32"), (-1,))]))
+ZONE_INPUTS = (PU, DO, DISTANCE)  # what a user gives a course model; a clock model also takes the pickup time
+EXAMPLE_TRIP = {PU: 43, DO: 151, DISTANCE: 1.01}
+EXAMPLE_PICKUP = "2021-01-01 00:15:56"  # an ISO string; a timestamp is taken as well
+Encoder = DictVectorizer | features.ClockEncoder
 
 
-def prepare_raw(trips: pd.DataFrame) -> pd.DataFrame:
-    """Raw trip fields (zone ids as numbers or strings, distance) to the columns the vectorizer knows."""
-    missing = set(INPUT_COLUMNS) - set(trips.columns)
+def input_columns(encoder: Encoder) -> tuple[str, ...]:
+    """The raw trip fields a model with this encoder reads, under the TLC files' own names."""
+    pickup = getattr(encoder, "pickup", None)
+    return (*ZONE_INPUTS, pickup) if pickup else ZONE_INPUTS
+
+
+def signature(encoder: Encoder) -> ModelSignature:
+    """The model's input contract: zone ids as a user has them (ints, floats from a month with gaps, strings:
+    prepare_raw applies cleaning's rule), the distance, and for a clock model the pickup time (a timestamp or an ISO
+    string); one prediction per row."""
+    columns = [ColSpec(AnyType(), PU), ColSpec(AnyType(), DO), ColSpec("double", DISTANCE)]
+    pickup = getattr(encoder, "pickup", None)
+    if pickup:
+        columns.append(ColSpec(AnyType(), pickup))
+    return ModelSignature(inputs=Schema(columns), outputs=Schema([TensorSpec(np.dtype("float32"), (-1,))]))
+
+
+def input_example(encoder: Encoder) -> pd.DataFrame:
+    pickup = getattr(encoder, "pickup", None)
+    return pd.DataFrame([{**EXAMPLE_TRIP, pickup: EXAMPLE_PICKUP} if pickup else EXAMPLE_TRIP])
+
+
+def model_input(trips: pd.DataFrame, columns: tuple[str, ...] | list[str]) -> pd.DataFrame:
+    """Cleaned trips as a model's raw input `columns`: the cleaned pickup time under the TLC's own name."""
+    return pd.DataFrame({column: trips[PICKUP if column.endswith(PICKUP) else column] for column in columns})
+
+
+def prepare_raw(trips: pd.DataFrame, encoder: Encoder) -> pd.DataFrame:
+    """Raw trip fields (zone ids as numbers or strings, distance, pickup time) to the cleaned columns the encoder
+    reads; a missing column, or a row without a pickup time, is a ValueError naming the column."""
+    wanted = input_columns(encoder)
+    missing = [column for column in wanted if column not in trips.columns]
     if missing:
-        raise ValueError(f"input lacks column(s) {', '.join(sorted(missing))}")
-    pu, do = zones.zone_str(trips["PULocationID"]), zones.zone_str(trips["DOLocationID"])
-    return pd.DataFrame({features.CATEGORICAL: zones.pu_do(pu, do),
-                         features.NUMERICAL: trips["trip_distance"].astype("float64")})
+        raise ValueError(f"input lacks column(s) {', '.join(missing)}: a model of this feature set reads "
+                         f"{', '.join(wanted)}")
+    pu, do = zones.zone_str(trips[PU]), zones.zone_str(trips[DO])
+    prepared = pd.DataFrame({PU_DO: zones.pu_do(pu, do), PU: pu, DO: do,
+                             DISTANCE: trips[DISTANCE].astype("float64")})
+    if len(wanted) > len(ZONE_INPUTS):
+        prepared[PICKUP] = pickup_times(trips[wanted[-1]]).to_numpy()
+    return prepared
 
 
-def predict(booster: xgb.Booster, X: sp.csr_matrix) -> np.ndarray:
-    """Predictions straight from the CSR matrix (no DMatrix copy). Each distinct row is scored once, in sorted
-    order: trips repeat (zone pair, distance) a lot, a row's prediction depends on nothing else, and neighbouring
-    rows that take the same paths through the trees keep those paths in cache."""
+def pickup_times(values: pd.Series) -> pd.Series:
+    """Pickup times from timestamps or ISO strings, as New York's wall-clock time (the TLC's): a value that is
+    missing or not a time is a ValueError naming the column and the first such row."""
+    times = pd.to_datetime(values, errors="coerce", format="mixed") if not pd.api.types.is_datetime64_any_dtype(
+        values) else values
+    if isinstance(times.dtype, pd.DatetimeTZDtype):
+        times = times.dt.tz_convert("America/New_York").dt.tz_localize(None)
+    bad = times.isna().to_numpy()
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"column {values.name} has no pickup time in {int(bad.sum())} row(s), the first at "
+                         f"position {row} ({values.iloc[row]!r}): give a timestamp or an ISO string such as "
+                         f"{EXAMPLE_PICKUP!r}")
+    return times
+
+
+def predict(booster: xgb.Booster, X: features.Matrix) -> np.ndarray:
+    """Predictions straight from the matrix (no DMatrix copy). A CSR matrix's distinct rows are scored once each, in
+    sorted order: the course set's rows repeat (zone pair, distance) a lot, and neighbouring rows that take the same
+    paths through the trees keep those paths in cache. A dense (clock) matrix is scored as it is."""
+    if not sp.issparse(X):
+        return booster.inplace_predict(X)
     first, inverse = distinct_rows(X)
     return booster.inplace_predict(X[first])[inverse]
 
@@ -83,13 +133,14 @@ def load_booster(raw: bytes) -> xgb.Booster:
 
 
 class TripDurationModel(mlflow.pyfunc.PythonModel):
-    """Vectorizer + booster: predicts trip minutes from PULocationID, DOLocationID and trip_distance."""
+    """Encoder + booster: predicts trip minutes from PULocationID, DOLocationID, trip_distance and, for the clock
+    feature set, the pickup time."""
 
     def load_context(self, context) -> None:
         with open(context.artifacts["vectorizer"], "rb") as f:
-            self.vectorizer: DictVectorizer = pickle.load(f)
+            self.vectorizer: Encoder = pickle.load(f)
         self.booster = xgb.Booster()
         self.booster.load_model(context.artifacts["booster"])
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
-        return predict(self.booster, features.transform(self.vectorizer, prepare_raw(model_input)))
+        return predict(self.booster, features.transform(self.vectorizer, prepare_raw(model_input, self.vectorizer)))

@@ -5,42 +5,32 @@ parameters (a warm start)."""
 
 from __future__ import annotations
 
-import functools
 import gc
+import hashlib
 import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import scipy.sparse as sp
 
-from taxi.metrics import rmse
+if TYPE_CHECKING:  # features loads scikit-learn: only the search imports it
+    from taxi import features
 
 log = logging.getLogger(__name__)
 
-# The course's fixed XGBoost parameters and rounds (MLOps Zoomcamp, duration prediction): the baseline every
-# benchmark and every report compares with.
-COURSE_PARAMS = {
-    "learning_rate": 0.09585355369315604,
-    "max_depth": 30,
-    "min_child_weight": 1.060597050922164,
-    "reg_alpha": 0.018060244040060163,
-    "reg_lambda": 0.011658731377413597,
-}
-COURSE_ROUNDS = 100
-COURSE_SEED = 42
-
-SPACES = ("lossguide", "course")
+SPACES = ("categorical", "lossguide", "course")
 INT_PARAMS = ("max_depth", "max_leaves")
 
 
 def search_space(name: str) -> tuple[dict, dict]:
     """(fixed parameters, hyperopt space) of a named search space; each hyperopt label is its parameter's name.
 
-    "lossguide" (default): best-first trees bounded by leaves, in the region where trials on green 2021 and 2023
-    converged within 200 rounds; "course": the course's depth-wise space (max_depth 4..100)."""
+    "categorical" (default): best-first trees for the clock feature set, whose zones and zone pairs are categories:
+    a split on a pair of 10,000 categories needs many trips behind each leaf (min_child_weight) not to overfit;
+    "lossguide": best-first trees bounded by leaves for the course's one-hot features, in the region where trials
+    on green 2021 and 2023 converged within 200 rounds; "course": the course's depth-wise space (max_depth 4..100)."""
     from hyperopt import hp  # hyperopt loads slowly: only the search needs it
     from hyperopt.pyll import scope
 
@@ -61,6 +51,14 @@ def search_space(name: str) -> tuple[dict, dict]:
             "learning_rate": hp.loguniform("learning_rate", math.log(0.3), math.log(0.6)),
             "min_child_weight": hp.loguniform("min_child_weight", 0, math.log(4)),
             **regularisation,
+        }
+    if name == "categorical":
+        return {"grow_policy": "lossguide", "max_depth": 0}, {
+            "max_leaves": scope.int(hp.qloguniform("max_leaves", math.log(16), math.log(128), 1)),
+            "learning_rate": hp.loguniform("learning_rate", math.log(0.2), math.log(0.6)),
+            "min_child_weight": hp.loguniform("min_child_weight", math.log(10), math.log(100)),
+            "reg_alpha": hp.loguniform("reg_alpha", -5, 1),
+            "reg_lambda": hp.loguniform("reg_lambda", -6, 2),
         }
     raise ValueError(f"unknown search space {name!r}: choose one of {', '.join(SPACES)}")
 
@@ -109,7 +107,7 @@ class TuningSettings:
     docs/configuration.md "Tuning defaults" says why each is what it is)."""
 
     nthread: int
-    space: str = "lossguide"
+    space: str = "categorical"
     max_evals: int = 4
     num_boost_round: int = 200
     early_stopping_rounds: int = 10
@@ -139,7 +137,7 @@ def booster_params(params: dict, seed: int, nthread: int) -> dict:
     return {**params, "objective": "reg:squarederror", "tree_method": "hist", "seed": seed, "nthread": nthread}
 
 
-def subsample(X: sp.csr_matrix, y: np.ndarray, rows: int, seed: int) -> tuple[sp.csr_matrix, np.ndarray]:
+def subsample(X: features.Matrix, y: np.ndarray, rows: int, seed: int) -> tuple[features.Matrix, np.ndarray]:
     """A fixed random subset of `rows` training rows (all rows when there are fewer)."""
     if X.shape[0] <= rows:
         return X, y
@@ -170,27 +168,54 @@ def _pruner(reference: list[float], tolerance: float, after_rounds: int):
     return Pruner()
 
 
-def tune(X_train: sp.csr_matrix, y_train: np.ndarray, X_valid: sp.csr_matrix, y_valid: np.ndarray,
+def month_seed(seed: int, month: str) -> int:
+    """The search's seed for a training month (YYYY-MM): another month, another search; the same month, the same."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{month}".encode()).digest()[:4], "big") % (2**31 - 1)
+
+
+def point_key(point: dict) -> tuple:
+    """A point of a space as a comparable key, with hyperopt's vals ([value] per label) or plain values alike."""
+    return tuple(sorted(typed({k: v[0] if isinstance(v, list) else v for k, v in point.items()}).items()))
+
+
+def fresh_suggest(startup_evals: int, redraws: int = 100):
+    """TPE's suggestion (random for the first `startup_evals` trials) drawn again, with the next seed, while it
+    repeats a point the search holds already (the warm start included): every trial tries a new point."""
+    from hyperopt import tpe
+
+    def suggest(new_ids, domain, trials, seed):
+        seen = {point_key(trial["misc"]["vals"]) for trial in trials.trials}
+        for attempt in range(redraws):
+            docs = tpe.suggest(new_ids, domain, trials, seed + attempt, n_startup_jobs=startup_evals)
+            if not any(point_key(doc["misc"]["vals"]) in seen for doc in docs):
+                return docs
+        raise RuntimeError(f"no new point of the space in {redraws} draws: the space is exhausted")
+
+    return suggest
+
+
+def tune(X_train: features.Matrix, y_train: np.ndarray, X_valid: features.Matrix, y_valid: np.ndarray,
          settings: TuningSettings, on_trial: OnTrial | None = None, trial_tags: dict[str, str] | None = None,
-         warm_start: dict | None = None, course_reference: bool = True) -> dict:
+         warm_start: dict | None = None, feature_types: list[str] | None = None) -> dict:
     """Run the search inside the active MLflow run; return the best params, its RMSE and rounds, and every trial.
 
     Trials train on at most `sample_rows` training rows and stop early on at most `sample_rows` validation rows.
-    `warm_start` (a point of the space) is the first trial. With `course_reference`, the course's fixed parameters
-    are scored the same way (not a trial), for the report's reference line."""
+    `warm_start` (a point of the space) is the first trial; no trial repeats a point."""
     import mlflow
     import xgboost as xgb
-    from hyperopt import STATUS_OK, Trials, fmin, tpe
+    from hyperopt import STATUS_OK, Trials, fmin
     from hyperopt.early_stop import no_progress_loss
     from hyperopt.fmin import generate_trials_to_calculate
+
+    from taxi import features
 
     settings.validate()
     X_fit, y_fit = subsample(X_train, y_train, settings.sample_rows, settings.seed)
     # every round scores every row of the early-stopping set: at 3 M rows that costs more than growing the tree,
     # so trials are scored on a fixed subsample of the validation month too (TrainModel scores on all of it)
     X_check, y_check = subsample(X_valid, y_valid, settings.sample_rows, settings.seed)
-    train = xgb.DMatrix(X_fit, label=y_fit, nthread=settings.nthread)
-    valid = xgb.DMatrix(X_check, label=y_check, nthread=settings.nthread)
+    train = features.dmatrix(X_fit, y_fit, settings.nthread, feature_types)
+    valid = features.dmatrix(X_check, y_check, settings.nthread, feature_types)
     fixed, space = search_space(settings.space)
     best: dict = {"rmse": math.inf, "curve": []}
     history: list[dict] = []
@@ -236,23 +261,10 @@ def tune(X_train: sp.csr_matrix, y_train: np.ndarray, X_valid: sp.csr_matrix, y_
         return stalled or len(history) >= settings.max_evals, state
 
     trials = generate_trials_to_calculate([warm_start]) if warm_start else Trials()
-    fmin(objective, space, algo=functools.partial(tpe.suggest, n_startup_jobs=settings.startup_evals),
-         max_evals=settings.max_evals, trials=trials, rstate=np.random.default_rng(settings.seed),
-         early_stop_fn=stop, show_progressbar=False)
-    tuned_seconds = time.monotonic() - started
-    reference = course_rmse(train, valid, settings.nthread) if course_reference else None
+    fmin(objective, space, algo=fresh_suggest(settings.startup_evals), max_evals=settings.max_evals, trials=trials,
+         rstate=np.random.default_rng(settings.seed), early_stop_fn=stop, show_progressbar=False)
     mlflow.log_metrics({"best_val_rmse": best["rmse"], "trials": len(history),
-                        "pruned_trials": pruned_count(history),
-                        **({"course_val_rmse": reference} if reference is not None else {})})
+                        "pruned_trials": pruned_count(history)})
     return {"params": best["params"], "val_rmse": best["rmse"], "num_boost_round": best["rounds"],
-            "trials": len(history), "history": history, "search_seconds": round(tuned_seconds, 3),
-            "course_val_rmse": reference, "train_rows_used": int(X_fit.shape[0]),
-            "valid_rows_used": int(X_check.shape[0])}
-
-
-def course_rmse(train, valid, nthread: int) -> float:
-    """Validation RMSE of the course's fixed parameters and rounds, trained and scored as the trials are."""
-    import xgboost as xgb
-
-    booster = xgb.train(booster_params(COURSE_PARAMS, COURSE_SEED, nthread), train, num_boost_round=COURSE_ROUNDS)
-    return rmse(valid.get_label(), booster.predict(valid))
+            "trials": len(history), "history": history, "search_seconds": round(time.monotonic() - started, 3),
+            "train_rows_used": int(X_fit.shape[0]), "valid_rows_used": int(X_check.shape[0])}

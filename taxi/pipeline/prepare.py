@@ -12,6 +12,8 @@ from tqdm import tqdm
 
 from taxi import checks, data, layout, source, storage
 from taxi.checks import CheckSettings
+from taxi.columns import pickup_column
+from taxi.features import DEFAULT_FEATURE_SET, FEATURE_SETS
 from taxi.config import TaxiConfig
 from taxi.pipeline.base import MonthTask, TrainingTask
 from taxi.urls import redact
@@ -112,10 +114,13 @@ class CleanMonth(MonthTask):
 
 
 class BuildFeatures(TrainingTask):
-    """The fitted DictVectorizer, the training matrix and the validation month's selection rows as a matrix (its
-    gate rows, taxi.data.gate_rows, are left for RegisterModel: no tuning or training step reads them)."""
+    """The fitted encoder of the feature set, the training matrix and the validation month's selection rows as a
+    matrix (its gate rows, taxi.data.gate_rows, are left for RegisterModel: no tuning or training step reads them)."""
 
     version = layout.FEATURES_VERSION
+    feature_set = luigi.ChoiceParameter(choices=FEATURE_SETS, default=DEFAULT_FEATURE_SET,
+                                        description="clock: zones, their pair, distance, pickup hour and weekday; "
+                                                    "course: the course's PU_DO and distance")
     gate_share = luigi.FloatParameter(default=0.5, description="the share of the validation month's trips kept "
                                                                "for the champion decision")
 
@@ -133,15 +138,15 @@ class BuildFeatures(TrainingTask):
     def run(self):
         from taxi import features
 
-        columns = [features.CATEGORICAL, features.NUMERICAL, features.TARGET]
+        columns = features.columns(self.feature_set)
         train = storage.read_parquet(self.input()["train"]["data"], columns)
         valid = storage.read_parquet(self.input()["valid"]["data"], list(dict.fromkeys(columns + [*data.TRIP_FIELDS])))
         months = {"train": train, "valid": valid[~data.gate_rows(valid, self.gate_share)]}
-        vectorizer = features.fit_vectorizer(months["train"])
+        encoder = features.fit(self.feature_set, months["train"], pickup_column(self.color))
         for key, df in months.items():
             with storage.open_for_write(self.output()[key]) as f:
-                features.save_matrix(features.transform(vectorizer, df), features.target(df), f)
-        storage.write_pickle(vectorizer, self.output()["vectorizer"])
+                features.save_matrix(features.transform(encoder, df), features.target(df), f)
+        storage.write_pickle(encoder, self.output()["vectorizer"])
 
 
 def load_features(outputs: dict[str, luigi.Target]) -> tuple:
