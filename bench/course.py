@@ -11,10 +11,17 @@ import xgboost as xgb
 from sklearn.feature_extraction import DictVectorizer
 from sklearn.metrics import root_mean_squared_error
 
-from taxi import tuning
-
-# The course's parameters, rounds and seed; taxi.tuning keeps them because the product's report compares with them.
-COURSE_PARAMS, COURSE_ROUNDS, COURSE_SEED = tuning.COURSE_PARAMS, tuning.COURSE_ROUNDS, tuning.COURSE_SEED
+# The course's fixed XGBoost parameters, rounds and seed (MLOps Zoomcamp, duration prediction): the baseline every
+# benchmark compares with.
+COURSE_PARAMS = {
+    "learning_rate": 0.09585355369315604,
+    "max_depth": 30,
+    "min_child_weight": 1.060597050922164,
+    "reg_alpha": 0.018060244040060163,
+    "reg_lambda": 0.011658731377413597,
+}
+COURSE_ROUNDS = 100
+COURSE_SEED = 42
 # As the notebook passes them to xgb.train.
 COURSE_NOTEBOOK_PARAMS = {**COURSE_PARAMS, "objective": "reg:squarederror", "seed": COURSE_SEED}
 FEATURE_COLUMNS = ["PU_DO", "trip_distance"]

@@ -105,7 +105,7 @@ def run_pipeline(job: Job) -> dict:
     scored = scoring.predictions(trips, scoring.predict_trips(pyfunc, trips), model, COLOR, data.ym(YEAR, MONTH))
     live = scoring.live_error(scored)
     watch.lap("predict")
-    distinct = len(scoring.distinct_rows(trips, scoring.INPUT_COLUMNS)[0])
+    distinct = len(scoring.distinct_rows(trips, scoring.ZONE_INPUTS)[0])
     del trips
     watch.restart()  # counting the distinct inputs is the benchmark's, not the task's
     storage.write_table(scored, storage.target(job.out_dir, PREDICTIONS))

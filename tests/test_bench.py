@@ -14,7 +14,7 @@ from bench import course
 from taxi import features, layout, metrics
 from taxi.registry import model_name
 from tests.support.paths import ROOT
-from tests.support.store import one_file, run_file
+from tests.support.store import one_file, run_file, raw_rows
 
 STAGES = {"read", "clean", "features", "read+clean+features", "train", "predict"}
 
@@ -140,7 +140,7 @@ def test_bench_score_reports_what_both_sides_wrote_and_the_model_predicts(tlc_di
     assert summary["distinct_model_inputs"] == len(inputs.drop_duplicates())
     mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
     expected = mlflow.pyfunc.load_model(f"models:/{model_name('green')}/1").predict(
-        kept[["PULocationID", "DOLocationID", "trip_distance"]]).astype(np.float64)
+        raw_rows(kept)).astype(np.float64)
     for side in ("pipeline", "course"):
         written = pd.read_parquet(workdir / side / "predictions.parquet")
         np.testing.assert_array_equal(written["predicted_duration"].to_numpy(dtype=np.float64), expected)

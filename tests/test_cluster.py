@@ -39,7 +39,7 @@ from tests.support.cluster import (BUCKET, PIPELINE_TASKS, Cluster, Host, files_
 from tests.support.paths import BIN, ROOT
 from tests.support.runs import SMALL_TUNING, write_config
 from tests.support.services import Service, free_port
-from tests.support.store import pattern
+from tests.support.store import pattern, raw_rows
 
 MODEL = model_name("green")
 TRAIN_MONTHS = [(2022, month) for month in range(1, 7)]
@@ -156,7 +156,7 @@ def rescorer(cluster: Cluster, store_prefix: str, tracking_url: str) -> Callable
     def rescore(version: int, valid_ym: str) -> float:
         gate = gates.setdefault(valid_ym, gate_rows(cluster, store_prefix, valid_ym))
         model = mlflow.pyfunc.load_model(f"models:/{MODEL}/{version}")
-        return metrics.rmse(gate["duration"], model.predict(gate[["PULocationID", "DOLocationID", "trip_distance"]]))
+        return metrics.rmse(gate["duration"], model.predict(raw_rows(gate)))
 
     mlflow.set_tracking_uri(tracking_url)
     return rescore

@@ -61,39 +61,63 @@ def test_register_model_completes_and_registers_the_champion(e2e, tlc_http):
     assert run.data.tags["train.source_url"] == f"{tlc_http}/green_tripdata_2021-01.parquet"
 
 
-def test_registered_model_predicts_from_raw_trip_fields(e2e):
+TRIP = {"PULocationID": 43, "DOLocationID": 151, "trip_distance": 1.01, "lpep_pickup_datetime": "2021-01-05 08:10"}
+
+
+def test_registered_model_predicts_from_raw_trip_fields_and_the_pickup_time(e2e):
+    """A month's raw rows as they are: the TLC's own pickup column, as a timestamp or an ISO string; the clock
+    matters (the same trip at another hour and day is predicted otherwise)."""
     model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
-    raw = pd.DataFrame([{"PULocationID": 43, "DOLocationID": 151, "trip_distance": 1.01},
-                        {"PULocationID": 74, "DOLocationID": 75, "trip_distance": 12.5}])
+    assert model.metadata.get_input_schema().input_names() == [
+        "PULocationID", "DOLocationID", "trip_distance", "lpep_pickup_datetime"]
+    raw = pd.DataFrame([TRIP, {**TRIP, "PULocationID": 74, "DOLocationID": 75, "trip_distance": 12.5},
+                        {**TRIP, "lpep_pickup_datetime": "2021-01-10T03:10:00"}])
     minutes = model.predict(raw)
-    assert len(minutes) == 2 and 1 < minutes[0] < 60 and minutes[1] > minutes[0]
+    assert len(minutes) == 3 and 1 < minutes[0] < 60 and minutes[1] > minutes[0] and minutes[2] != minutes[0]
+    as_timestamps = raw.assign(lpep_pickup_datetime=pd.to_datetime(raw["lpep_pickup_datetime"], format="ISO8601"))
+    np.testing.assert_array_equal(model.predict(as_timestamps), minutes)
+    # the same wall-clock time given with New York's offset is the same trip
+    offset = raw.assign(lpep_pickup_datetime=["2021-01-05T08:10:00-05:00", "2021-01-05T08:10:00-05:00",
+                                              "2021-01-10T03:10:00-05:00"])
+    np.testing.assert_array_equal(model.predict(offset), minutes)
+
+
+def test_a_row_without_its_pickup_time_is_refused_naming_the_column(e2e):
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
+    with pytest.raises(Exception, match="lpep_pickup_datetime"):
+        model.predict(pd.DataFrame([{k: v for k, v in TRIP.items() if k != "lpep_pickup_datetime"}]))
+    for missing in (None, "not a time"):
+        with pytest.raises(Exception, match=r"lpep_pickup_datetime has no pickup time in 1 row\(s\), the first at "
+                                            r"position 1"):
+            model.predict(pd.DataFrame([TRIP, {**TRIP, "lpep_pickup_datetime": missing}]))
 
 
 def test_registered_model_carries_only_the_serving_code_and_predicts_with_that_copy(e2e, tmp_path):
-    """The logged model's code is the pyfunc, the features it computes and the zone rule, nothing else of taxi; in
-    a fresh process its own copy of that code (not the checkout's) loads and predicts."""
+    """The logged model's code is the pyfunc, the features it computes, their column names and the zone rule,
+    nothing else of taxi; in a fresh process its own copy of that code (not the checkout's) loads and predicts."""
     model = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL}@champion", dst_path=str(tmp_path / "model")))
     code = model / "code"
     assert sorted(str(p.relative_to(code)) for p in code.rglob("*") if p.is_file() and "__pycache__" not in p.parts
-                  ) == ["taxi/__init__.py", "taxi/features.py", "taxi/serving.py", "taxi/zones.py"]
-    script = ("import sys, mlflow, pandas as pd\n"
+                  ) == ["taxi/__init__.py", "taxi/columns.py", "taxi/features.py", "taxi/serving.py",
+                        "taxi/zones.py"]
+    script = ("import sys, json, mlflow, pandas as pd\n"
               "model = mlflow.pyfunc.load_model(sys.argv[1])\n"
               "import taxi\n"
               "print(taxi.__file__)\n"
-              "print(model.predict(pd.DataFrame([{'PULocationID': 43, 'DOLocationID': 151, 'trip_distance': 1.01}]))[0])")
-    done = subprocess.run([sys.executable, "-c", script, str(model)], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "PYTHONNOUSERSITE": "1"})
+              "print(model.predict(pd.DataFrame([json.loads(sys.argv[2])]))[0])")
+    done = subprocess.run([sys.executable, "-c", script, str(model), json.dumps(TRIP)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONNOUSERSITE": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     loaded_from, minutes = done.stdout.split()
     assert Path(loaded_from).is_relative_to(code)
     champion = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
-    assert float(minutes) == pytest.approx(float(champion.predict(serving.INPUT_EXAMPLE)[0]), rel=1e-6)
+    assert float(minutes) == pytest.approx(float(champion.predict(pd.DataFrame([TRIP]))[0]), rel=1e-6)
 
 
 def test_served_model_predicts_what_the_booster_predicts_on_the_training_time_matrix(e2e):
     """Row by row on the validation month's selection rows: the pyfunc on raw trip fields (zone ids as a user has
-    them: ints, floats, strings) gives the booster's predictions on the feature matrix BuildFeatures made for
-    training."""
+    them: ints, floats, strings; the pickup time as a timestamp or an ISO string) gives the booster's predictions on
+    the feature matrix BuildFeatures made for training."""
     workdir, _, _ = e2e
     store = workdir / "data"
     X_valid, _ = features.load_matrix(str(one_file(store, layout.FEATURES, color="green", ym="2021-01",
@@ -103,14 +127,17 @@ def test_served_model_predicts_what_the_booster_predicts_on_the_training_time_ma
     expected = booster.inplace_predict(X_valid)
     valid = pd.read_parquet(one_file(store, layout.CLEAN, color="green", ym="2021-02"))
     assert len(valid) == 61_921
-    trips = valid.loc[~data.gate_rows(valid, 0.5), ["PULocationID", "DOLocationID", "trip_distance"]]
+    trips = valid.loc[~data.gate_rows(valid, 0.5), ["PULocationID", "DOLocationID", "trip_distance",
+                                                    "pickup_datetime"]]
+    trips = trips.rename(columns={"pickup_datetime": "lpep_pickup_datetime"})
     raw = trips.astype({"PULocationID": "int64", "DOLocationID": "int64"})
     model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
     assert len(raw) == len(expected)
     np.testing.assert_allclose(model.predict(raw), expected, rtol=1e-6)
     as_floats = raw.astype({"PULocationID": "float64", "DOLocationID": "float64"})  # a month with missing zones
     np.testing.assert_allclose(model.predict(as_floats), expected, rtol=1e-6)
-    np.testing.assert_allclose(model.predict(trips), expected, rtol=1e-6)  # strings, as cleaning stores them
+    as_strings = trips.assign(lpep_pickup_datetime=trips["lpep_pickup_datetime"].astype(str))
+    np.testing.assert_allclose(model.predict(as_strings), expected, rtol=1e-6)  # zones as cleaning stores them
 
 
 def test_second_run_executes_no_task(e2e):

@@ -1,5 +1,5 @@
-"""Promote only on evidence (issue 18): the gate rows no step saw, the thresholds, the data checks, drift from the
-champion's month, and the months' order.
+"""Promote only on evidence (issues 18, 24): the gate rows no step saw, the thresholds, the data checks, the input
+contract, drift from the validation month, and the months' order.
 
 The pipeline runs in process on a local sqlite registry (`luigi_config`) over synthetic green months of 8000 trips
 resampled from the real 2021-01 and 2021-02 (tests/support/cluster.write_months), so consecutive months do not drift,
@@ -37,8 +37,12 @@ POLICY = promotion.Policy()
 # The rules, one by one
 
 
-def champion(rmse: float, month: str = "2022-01") -> promotion.Champion:
-    return promotion.Champion(version=1, month=month, gate_rmse=rmse)
+COURSE_INPUTS = ("PULocationID (any)", "DOLocationID (any)", "trip_distance (double)")
+CLOCK_INPUTS = (*COURSE_INPUTS, "lpep_pickup_datetime (any)")
+
+
+def champion(rmse: float, month: str = "2022-01", inputs: tuple[str, ...] = ()) -> promotion.Champion:
+    return promotion.Champion(version=1, month=month, gate_rmse=rmse, inputs=inputs)
 
 
 @pytest.mark.parametrize("gate_rmse,champion_rmse,expected", [
@@ -74,6 +78,41 @@ def test_drift_holds_unless_accepted_and_an_older_month_never_takes_the_alias():
     older = promotion.decide("2021-12", 4.0, champion(6.0), [], POLICY)
     assert (older.decision, older.alias) == ("older", None)
     assert older.reason == "older than the champion: trained on 2021-12, champion v1 on 2022-01"
+
+
+def test_a_model_whose_input_contract_differs_from_the_champions_is_held_unless_accepted():
+    """Clients pinned to the alias must not receive a model that rejects their rows: a better model with another
+    input contract is held, with the change named, and promoted only with the operator's flag, recorded."""
+    held = promotion.decide("2022-02", 4.0, champion(6.0, inputs=COURSE_INPUTS), [], POLICY, CLOCK_INPUTS)
+    assert (held.decision, held.alias) == ("held", None)
+    assert held.reason == "held: input contract differs from champion v1's (adds lpep_pickup_datetime (any))"
+    narrower = promotion.decide("2022-02", 4.0, champion(6.0, inputs=CLOCK_INPUTS), [], POLICY, COURSE_INPUTS)
+    assert narrower.reason.endswith("(removes lpep_pickup_datetime (any))") and narrower.decision == "held"
+    retyped = tuple(c.replace("(double)", "(long)") for c in CLOCK_INPUTS)
+    assert promotion.decide("2022-02", 4.0, champion(6.0, inputs=CLOCK_INPUTS), [], POLICY, retyped).decision == "held"
+    flag = promotion.Policy(accept_contract_change=True)
+    accepted = promotion.decide("2022-02", 4.0, champion(6.0, inputs=COURSE_INPUTS), [], flag, CLOCK_INPUTS)
+    assert accepted.decision == "champion" and accepted.reason.endswith(
+        "; input contract change accepted (adds lpep_pickup_datetime (any))")
+    assert flag.accepted() == {"accept_drift": False, "accept_contract_change": True}
+    # the same contract is no change; the first model has no champion's to differ from
+    same = champion(6.0, inputs=CLOCK_INPUTS)
+    assert promotion.decide("2022-02", 4.0, same, [], POLICY, CLOCK_INPUTS).decision == "champion"
+    assert promotion.decide("2022-02", 4.0, None, [], POLICY, CLOCK_INPUTS).decision == "champion"
+    # the months' order comes first: an older month is older, whatever its contract
+    assert promotion.decide("2021-12", 4.0, champion(6.0, inputs=COURSE_INPUTS), [], POLICY,
+                            CLOCK_INPUTS).decision == "older"
+
+
+def test_with_no_champion_yet_the_rules_keep_their_order():
+    """After a rejected first model there is no champion: a drifted month is held, not made the first champion; a
+    month over the cap is rejected before its drift is looked at."""
+    drifted = ["trip_distance JS 0.186 above 0.1"]
+    held = promotion.decide("2022-02", 5.0, None, drifted, POLICY, CLOCK_INPUTS)
+    assert (held.decision, held.reason) == ("held", "held: data drift (trip_distance JS 0.186 above 0.1)")
+    assert promotion.decide("2022-02", 10.5, None, drifted, POLICY).decision == "rejected"
+    accepted = promotion.decide("2022-02", 5.0, None, drifted, promotion.Policy(accept_drift=True))
+    assert accepted.decision == "champion" and accepted.reason.startswith("champion: the first model, RMSE 5.00 ")
 
 
 def test_settings_out_of_range_are_refused_naming_the_setting():
@@ -152,10 +191,10 @@ def test_the_gate_split_is_the_same_in_another_process_and_follows_the_share(tlc
 
 @pytest.fixture(scope="module")
 def mirror(tmp_path_factory, tlc_dir) -> Path:
-    """Synthetic green months 2021-12 .. 2022-06; in 2022-02 and 2022-05 the feed measured distances in kilometres."""
+    """Synthetic green months 2021-12 .. 2022-06; in 2022-03 and 2022-06 the feed measured distances in kilometres."""
     folder = tmp_path_factory.mktemp("months")
     write_months(folder, tlc_dir, [(2021, 12), *((2022, m) for m in range(1, 7))], ROWS)
-    for month in ("2022-02", "2022-05"):
+    for month in ("2022-03", "2022-06"):
         kilometres = folder / f"green_tripdata_{month}.parquet"
         pq.write_table(CORRUPTIONS["kilometres"](pq.read_table(kilometres)), kilometres)
     return folder
@@ -188,9 +227,11 @@ def gate_of(store: Path, ym: str, share: float = 0.5) -> pd.DataFrame:
 
 
 def rescored(version: int, gate: pd.DataFrame) -> float:
-    """The RMSE the test itself gets from registered `version` on `gate`."""
+    """The RMSE the test itself gets from registered `version` on `gate`, given as a green month's raw rows."""
     model = mlflow.pyfunc.load_model(f"models:/{MODEL}/{version}")
-    return metrics.rmse(gate["duration"], model.predict(gate[["PULocationID", "DOLocationID", "trip_distance"]]))
+    rows = gate.rename(columns={"pickup_datetime": "lpep_pickup_datetime"})
+    return metrics.rmse(gate["duration"], model.predict(
+        rows[["PULocationID", "DOLocationID", "trip_distance", "lpep_pickup_datetime"]]))
 
 
 def aliases() -> dict[str, int]:
@@ -214,34 +255,36 @@ def test_month_after_month_the_champion_rests_on_gate_rows_thresholds_drift_and_
     assert X_selection.shape[0] + len(gate) == storage.read_json(
         tasks.CleanMonth(year=2022, month=2).output()["stats"])["rows_clean"]
     assert first["gate_rmse"] != pytest.approx(first["val_rmse"], rel=1e-6)  # selection rows are other rows
+    assert first["reference_month"] == "2022-02" and not any(m["over"] for m in first["drift"])
 
-    # 2022-02's distances are in kilometres: registered, held, the alias stays
-    held = register(2022, 2)
+    # 2022-03's distances are in kilometres: drifted from its own validation month, registered, held
+    held = register(2022, 3)
     assert (held["version"], held["decision"]) == (2, "held") and aliases() == {"champion": 1}
-    assert held["reference_month"] == "2022-01" and held["reason"].startswith("held: data drift (trip_distance JS ")
+    assert held["reference_month"] == "2022-04" and held["reason"].startswith("held: data drift (trip_distance JS ")
     assert [m["feature"] for m in held["drift"] if m["over"]] == ["trip_distance"]
     version_tags = MlflowClient().get_model_version(MODEL, "2").tags
     assert version_tags[registry.REASON_TAG] == held["reason"]
 
     # a good next month is compared with the champion, not the held model, re-scored on its own gate rows
-    better = register(2022, 3)
-    gate = gate_of(store, "2022-04")
+    better = register(2022, 4)
+    gate = gate_of(store, "2022-05")
     assert (better["version"], better["decision"], better["previous_champion_version"]) == (3, "champion", 1)
     assert better["previous_champion_gate_rmse"] == pytest.approx(rescored(1, gate), rel=1e-9)
     assert better["previous_champion_gate_rmse"] != pytest.approx(first["gate_rmse"], rel=1e-6)  # another month
     assert better["gate_rmse"] == pytest.approx(rescored(3, gate), rel=1e-9)
     assert better["gate_rmse"] < better["previous_champion_gate_rmse"]
-    assert better["reference_month"] == "2022-01" and not any(m["over"] for m in better["drift"])
+    assert better["reference_month"] == "2022-05" and not any(m["over"] for m in better["drift"])
     assert aliases() == {"champion": 3}
 
     # a backfill of an older month leaves the champion where it is
     backfill = register(2021, 12)
     assert (backfill["version"], backfill["decision"]) == (4, "older") and aliases() == {"champion": 3}
-    assert backfill["reason"] == "older than the champion: trained on 2021-12, champion v3 on 2022-03"
+    assert backfill["reason"] == "older than the champion: trained on 2021-12, champion v3 on 2022-04"
 
-    # a held month, accepted on purpose: decided again against the same champion, on the margin, recorded as such
+    # a month whose validation month is broken is held too; accepted on purpose, it is decided again against the
+    # same champion, on the margin, recorded as such
     later = register(2022, 5)
-    assert (later["version"], later["decision"], later["reference_month"]) == (5, "held", "2022-03")
+    assert (later["version"], later["decision"], later["reference_month"]) == (5, "held", "2022-06")
     accepted = register(2022, 5, accept_drift="true")
     assert (accepted["version"], accepted["accept_drift"], accepted["previous_champion_version"]) == (5, True, 3)
     gate = gate_of(store, "2022-06")
@@ -249,12 +292,14 @@ def test_month_after_month_the_champion_rests_on_gate_rows_thresholds_drift_and_
     assert accepted["decision"] == expected and aliases()[expected] == 5
     assert accepted["reason"].endswith(f"; data drift accepted ({later['reason'].removeprefix('held: data drift (')}")
 
-    # a model above the cap is registered and never made champion
-    capped = register(2022, 4, max_rmse="1")
+    # a model above the cap is registered and never made champion: the cap comes before the drift of its
+    # validation month (2022-03, in kilometres)
+    capped = register(2022, 2, max_rmse="1")
     assert (capped["version"], capped["decision"]) == (6, "rejected") and aliases()["champion"] != 6
-    assert capped["gate_rmse"] == pytest.approx(rescored(6, gate_of(store, "2022-05")), rel=1e-9)
+    assert any(m["over"] for m in capped["drift"])
+    assert capped["gate_rmse"] == pytest.approx(rescored(6, gate_of(store, "2022-03")), rel=1e-9)
     assert capped["reason"] == f"rejected: RMSE {capped['gate_rmse']:.2f} above the cap 1"
-    report = Path(tasks.RegisterModel(year=2022, month=4).output()[layout.REPORT].path).read_text()
+    report = Path(tasks.RegisterModel(year=2022, month=2).output()[layout.REPORT].path).read_text()
     assert capped["reason"] in report and f"{capped['gate_rmse'] - capped['val_rmse']:+.4f}" in report
 
 

@@ -28,6 +28,7 @@ from tests.support.luigi_process import LuigiProcess, private_lock
 from tests.support.paths import ROOT
 from tests.support.runs import SMALL_TUNING, run_luigi, write_config
 from tests.support.services import mlflow_service
+from tests.support.store import raw_rows
 
 MODEL = registry.model_name("green")
 GOOD, WORSE = ("2021", "1"), ("2023", "1")  # WORSE trains on shuffled distances
@@ -65,7 +66,7 @@ def rescored(client: MlflowClient, version: int, store: Path) -> float:
     valid = pd.read_parquet(path)
     gate = valid[data.gate_rows(valid, 0.5)]
     model = mlflow.pyfunc.load_model(f"models:/{MODEL}/{version}")
-    return metrics.rmse(gate["duration"], model.predict(gate[["PULocationID", "DOLocationID", "trip_distance"]]))
+    return metrics.rmse(gate["duration"], model.predict(raw_rows(gate)))
 
 
 def test_gate_makes_a_worse_model_challenger_and_a_better_one_champion(luigi_config, sampled_tlc):

@@ -212,8 +212,9 @@ def test_mlflow_keeps_the_model_in_the_same_bucket(first_run, pipeline, s3, arti
         assert client.get_run(champion.run_id).data.metrics["val_rmse"] == pytest.approx(registration["val_rmse"])
         # the test process has no S3 credentials: the server serves the model from the bucket
         model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
-    minutes = model.predict(pd.DataFrame([{"PULocationID": 43, "DOLocationID": 151, "trip_distance": 1.01},
-                                          {"PULocationID": 74, "DOLocationID": 75, "trip_distance": 12.5}]))
+    minutes = model.predict(pd.DataFrame([
+        {"PULocationID": 43, "DOLocationID": 151, "trip_distance": 1.01, "lpep_pickup_datetime": "2021-01-05 08:10"},
+        {"PULocationID": 74, "DOLocationID": 75, "trip_distance": 12.5, "lpep_pickup_datetime": "2021-01-05 08:10"}]))
     assert 1 < minutes[0] < 60 and minutes[1] > minutes[0]
     assert not (pipeline.workdir / "mlartifacts").exists()
 

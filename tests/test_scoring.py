@@ -31,7 +31,7 @@ from tests.support.luigi_process import LuigiProcess, private_lock
 from tests.support.paths import ROOT
 from tests.support.runs import SMALL_TUNING, run_luigi, write_config
 from tests.support.services import Service, free_port, luigid_service, mlflow_service
-from tests.support.store import one_file, run_file
+from tests.support.store import one_file, run_file, raw_rows
 from tests.test_notify import Receiver
 from tests.test_ops import Inbox
 
@@ -158,7 +158,7 @@ def test_the_predictions_are_the_pyfunc_s_own_for_every_cleaned_trip(scored):
     cleaned = scored.cleaned("2021-02")
     predicted = pd.read_parquet(scored.scores("2021-02", 1, layout.PREDICTIONS))
     assert list(predicted.columns) == PREDICTED_COLUMNS and len(predicted) == len(cleaned) > 7000
-    expected = scored.pyfunc(1).predict(cleaned[["PULocationID", "DOLocationID", "trip_distance"]])
+    expected = scored.pyfunc(1).predict(raw_rows(cleaned))
     np.testing.assert_array_equal(predicted["predicted_duration"].to_numpy(), expected.astype(np.float64))
     for column in ("PULocationID", "DOLocationID", "trip_distance", "pickup_datetime"):
         assert predicted[column].tolist() == cleaned[column].tolist(), column
@@ -174,7 +174,7 @@ def test_live_error_is_beside_the_predictions_and_on_a_scoring_run_linked_to_the
     """RMSE and MAE recomputed here from the pyfunc's predictions; the RMSE the version was registered with is
     registration.json's; MLflow has the scoring run, tagged with the version, its metrics linked to the model."""
     cleaned = scored.cleaned("2021-02")
-    errors = cleaned["duration"].to_numpy() - scored.pyfunc(1).predict(cleaned).astype(np.float64)
+    errors = cleaned["duration"].to_numpy() - scored.pyfunc(1).predict(raw_rows(cleaned)).astype(np.float64)
     live = json.loads(scored.scores("2021-02", 1, layout.LIVE).read_text())
     registered = json.loads(run_file(scored.store, layout.REGISTRATION).read_text())
     assert live["rmse"] == pytest.approx(np.sqrt(np.mean(errors ** 2)), rel=1e-12)
@@ -228,7 +228,7 @@ def test_a_new_champion_scores_a_second_file_and_leaves_the_first_intact(scored)
     first, second = (pd.read_parquet(scored.scores("2021-02", v, layout.PREDICTIONS)) for v in (1, 2))
     cleaned = scored.cleaned("2021-02")
     np.testing.assert_array_equal(second["predicted_duration"].to_numpy(),
-                                  scored.pyfunc(2).predict(cleaned).astype(np.float64))
+                                  scored.pyfunc(2).predict(raw_rows(cleaned)).astype(np.float64))
     assert not np.array_equal(first["predicted_duration"], second["predicted_duration"])
     assert second["ride_id"].tolist() == first["ride_id"].tolist() and set(second["model_version"]) == {2}
     assert json.loads(scored.scores("2021-02", 2, layout.LIVE).read_text())["model_version"] == 2
@@ -239,7 +239,7 @@ def test_a_month_worse_than_the_registered_rmse_alerts_by_webhook_and_mail(score
     version and both RMSEs (the live one recomputed here, the registered one registration.json's gate RMSE, which
     tests/test_registry.py re-scores); February, as good as registered, alerted nobody."""
     cleaned = scored.cleaned("2021-03")
-    live_rmse = float(np.sqrt(np.mean((cleaned["duration"] - scored.pyfunc(1).predict(cleaned)) ** 2)))
+    live_rmse = float(np.sqrt(np.mean((cleaned["duration"] - scored.pyfunc(1).predict(raw_rows(cleaned))) ** 2)))
     registered = json.loads(run_file(scored.store, layout.REGISTRATION).read_text())["gate_rmse"]
     assert live_rmse > 1.2 * registered
     alerts = [text for text in scored.webhook if text.startswith(f"taxi: live error alert: {MODEL} v1 ")]

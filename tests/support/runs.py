@@ -12,8 +12,7 @@ import pyarrow.parquet as pq
 
 from tests.support.paths import BIN, ROOT
 
-SMALL_TUNING = {"max_evals": "2", "num_boost_round": "20", "early_stopping_rounds": "5", "startup_evals": "2",
-                "course_reference": "false"}
+SMALL_TUNING = {"max_evals": "2", "num_boost_round": "20", "early_stopping_rounds": "5", "startup_evals": "2"}
 
 
 def write_config(path: Path, sections: dict[str, dict[str, str]]) -> Path:

@@ -34,3 +34,11 @@ def match(paths: list[str], patterns: list[str]) -> bool:
     """Whether each relative path matches one of `patterns` and each pattern one path: the same files."""
     return len(paths) == len(patterns) and all(
         sum(fnmatch.fnmatchcase(path, p) for path in paths) == 1 for p in patterns)
+
+
+RAW_FIELDS = ["PULocationID", "DOLocationID", "trip_distance", "lpep_pickup_datetime"]
+
+
+def raw_rows(cleaned):
+    """Cleaned green trips as a month's raw rows give them to a model: the pickup time under its TLC name."""
+    return cleaned.rename(columns={"pickup_datetime": "lpep_pickup_datetime"})[RAW_FIELDS]
