@@ -57,10 +57,9 @@ def run_luigi(workdir: Path, config: Path, log_name: str,
     return seconds, usage.ru_maxrss / 1024
 
 
-# The tuning before issue 11: the course's space, 10 trials on 500,000-row samples, no pruning, no warm start, no
-# course reference.
+# The tuning before issue 11: the course's space, 10 trials on 500,000-row samples, no pruning, no warm start.
 OLD_TUNING = {"search_space": "course", "max_evals": "10", "no_progress_evals": "5", "startup_evals": "5",
-              "sample_rows": "500000", "prune_tolerance": "0", "warm_start": "false", "course_reference": "false"}
+              "sample_rows": "500000", "prune_tolerance": "0", "warm_start": "false"}
 TUNINGS = {"new": {}, "old": OLD_TUNING}
 
 
@@ -166,6 +165,107 @@ def table(rows: int, sides: dict[str, dict], course: tuple[float, float], course
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# --versus-course: the course's notebook as a script (bench/course_script.py, the baseline) and the pipeline's
+# whole default run, on the same real months, alternating, in one call.
+
+def time_command(command: list[str], log_path: Path, env: dict | None = None) -> tuple[float, float]:
+    """A command's (wall seconds, peak RSS MB), its output in `log_path`; a failure stops the benchmark."""
+    with open(log_path, "w") as out:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{command[0]} exited {os.waitstatus_to_exitcode(status)}; see {log_path}")
+    return seconds, usage.ru_maxrss / 1024
+
+
+def course_script(source_dir: Path, month: tuple[int, int], out: Path) -> dict:
+    """The course's script on the real month and the next: its wall time and peak RSS in a fresh process."""
+    from taxi import data
+
+    out.mkdir(parents=True)
+    paths = [source_dir / data.tlc_filename("green", *m) for m in (month, data.next_month(*month))]
+    seconds, rss = time_command([sys.executable, "-P", "-m", "bench.course_script", *map(str, paths), str(out)],
+                                out / "course.log", {"PYTHONPATH": str(speed.ROOT)})
+    return {"seconds": round(seconds, 1), "peak_rss_mb": round(rss)}
+
+
+def gate_rmses(workdir: Path, course_dir: Path, month: tuple[int, int]) -> dict[str, float]:
+    """The RMSE of the pipeline's registered model and of the course's model on the run's gate rows (picked here from
+    the stored validation month), both re-scored by this benchmark."""
+    import pickle
+
+    import mlflow
+    import pandas as pd
+    import xgboost as xgb
+
+    from taxi import data, metrics, registry
+
+    [path] = (workdir / "store").glob(f"clean/*/green/{data.ym(*data.next_month(*month))}.parquet")
+    valid = pd.read_parquet(path)
+    gate = valid[data.gate_rows(valid, 0.5)]
+    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model(f"models:/{registry.model_name('green')}/1")
+    raw = gate.rename(columns={"pickup_datetime": "lpep_pickup_datetime"})  # as a raw month's rows name it
+    pipeline = metrics.rmse(gate["duration"], model.predict(raw[model.metadata.get_input_schema().input_names()]))
+    with open(course_dir / "dv.pkl", "rb") as f:
+        dv = pickle.load(f)
+    booster = xgb.Booster(model_file=str(course_dir / "booster.ubj"))
+    X_gate = dv.transform(gate[["PU_DO", "trip_distance"]].to_dict(orient="records"))
+    course = metrics.rmse(gate["duration"], booster.predict(xgb.DMatrix(X_gate)))
+    return {"pipeline_gate_rmse": pipeline, "course_gate_rmse": course, "gate_rows": len(gate)}
+
+
+def versus_course(args: argparse.Namespace, workdir: Path) -> dict:
+    """For each month: the course script and the pipeline's default whole run, alternating, `--repeat` times each;
+    medians, both models' gate RMSEs and the goals."""
+    source_dir = Path(args.source_dir)
+    months = {}
+    for text in args.months.split(","):
+        month = tuple(map(int, text.split("-")))
+        course_runs, pipeline_runs = [], []
+        for i in range(args.repeat):
+            log.info("green %s: the course script, run %d of %d", text, i + 1, args.repeat)
+            course_runs.append(course_script(source_dir, month, workdir / f"{text}-course-{i}"))
+            log.info("green %s: the pipeline's default whole run, run %d of %d", text, i + 1, args.repeat)
+            run_dir = workdir / f"{text}-pipeline-{i}"
+            run_dir.mkdir(parents=True)
+            seconds, rss = run_luigi(run_dir, write_config(run_dir, source_dir, {}), "run.log", month)
+            pipeline_runs.append({"seconds": round(seconds, 1), "peak_rss_mb": round(rss)})
+        course_s = statistics.median(r["seconds"] for r in course_runs)
+        pipeline_s = statistics.median(r["seconds"] for r in pipeline_runs)
+        rmses = gate_rmses(workdir / f"{text}-pipeline-0", workdir / f"{text}-course-0", month)
+        months[text] = {
+            "course_seconds": course_s, "pipeline_seconds": pipeline_s, "ratio": round(pipeline_s / course_s, 2),
+            "course_seconds_each": [r["seconds"] for r in course_runs],
+            "pipeline_seconds_each": [r["seconds"] for r in pipeline_runs],
+            "course_peak_rss_mb": max(r["peak_rss_mb"] for r in course_runs),
+            "pipeline_peak_rss_mb": max(r["peak_rss_mb"] for r in pipeline_runs), **rmses,
+            "gate_rmse_change": round(rmses["pipeline_gate_rmse"] / rmses["course_gate_rmse"] - 1, 4)}
+    goals = {}
+    for text, m in months.items():
+        goals[f"{text}: whole run at most 2.0x the course script"] = m["ratio"] <= 2.0
+        goals[f"{text}: peak RSS at most 1.5 GB"] = m["pipeline_peak_rss_mb"] <= 1536
+        goals[f"{text}: gate RMSE at least 10 % below the course's model"] = m["gate_rmse_change"] <= -0.10
+    return {"months": months, "goals": goals, "repeats": args.repeat}
+
+
+def versus_table(months: dict[str, dict]) -> str:
+    lines = ["| green, train -> next month | course script | pipeline, whole default run | ratio | peak RSS, course "
+             "/ pipeline | gate RMSE, course's model | gate RMSE, pipeline's | change |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for text, m in months.items():
+        lines.append(
+            f"| {text} ({m['gate_rows']:,} gate rows) | {m['course_seconds']:.1f} s "
+            f"({', '.join(f'{s:.1f}' for s in m['course_seconds_each'])}) | {m['pipeline_seconds']:.1f} s "
+            f"({', '.join(f'{s:.1f}' for s in m['pipeline_seconds_each'])}) | {m['ratio']:.2f}x | "
+            f"{m['course_peak_rss_mb']:,} / {m['pipeline_peak_rss_mb']:,} MB | {m['course_gate_rmse']:.4f} | "
+            f"{m['pipeline_gate_rmse']:.4f} | {100 * m['gate_rmse_change']:+.1f} % |")
+    return "\n".join(lines)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Time whole RegisterModel runs, the new tuning and the old side by "
                                                  "side, each on a fresh store, and a complete rerun.")
@@ -182,6 +282,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-evals", type=int, help="tuning trials of both tunings (default: each one's own)")
     parser.add_argument("--course-rounds", type=int, default=COURSE_ROUNDS,
                         help="rounds for the course params' comparison")
+    parser.add_argument("--versus-course", action="store_true",
+                        help="time the course's script and the pipeline's default whole run on the real --months, "
+                             "alternating, and score both models on the same gate rows")
+    parser.add_argument("--months", default="2021-01,2023-01",
+                        help="training months for --versus-course, YYYY-MM,... (default %(default)s)")
     args = parser.parse_args(argv)
     if min(args.rows, args.course_rounds, args.repeat, args.max_evals or 1) < 1:
         parser.error("--rows, --repeat, --max-evals and --course-rounds must be at least 1")
@@ -194,6 +299,12 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(name)s: %(message)s")
     args = parse_args(argv)
     load_before = os.getloadavg()
+    if args.versus_course:
+        with tempfile.TemporaryDirectory(prefix="taxi-bench-versus-") as tmp:
+            summary = versus_course(args, Path(args.workdir or tmp))
+        print(versus_table(summary["months"]))
+        speed.print_verdict({**summary, "machine": speed.machine(load_before)})
+        return
     names = ["new", "old"] if args.tuning == "both" else [args.tuning]
     with tempfile.TemporaryDirectory(prefix="taxi-bench-register-") as tmp:
         train_path, _ = speed.months(args, Path(args.data_dir or tmp))

@@ -13,7 +13,7 @@ import luigi.configuration
 import pytest
 
 from tests.support.paths import TLC_DIR
-from tests.support.runs import SMALL_TUNING, sample_month
+from tests.support.runs import SAMPLE_ROWS, SMALL_TUNING, sample_month
 from tests.support.services import QuietHandler, Service, luigid_service, mlflow_service
 
 
@@ -22,8 +22,6 @@ def tlc_dir() -> Path:
     assert (TLC_DIR / "green_tripdata_2021-01.parquet").exists(), f"real TLC files expected in {TLC_DIR}"
     return TLC_DIR
 
-
-SAMPLE_ROWS = 8000
 
 
 @pytest.fixture(scope="session")

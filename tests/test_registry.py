@@ -26,8 +26,8 @@ from taxi import data, metrics, promotion, registry, storage, tasks, tracking
 from tests.support.http_proxy import CHAMPION_LOOKUP, SET_ALIAS, Proxy
 from tests.support.luigi_process import LuigiProcess, private_lock
 from tests.support.paths import ROOT
-from tests.support.runs import SMALL_TUNING, run_luigi, write_config
-from tests.support.services import mlflow_service
+from tests.support.runs import SAMPLE_ROWS, SMALL_TUNING, run_luigi, sample_month, write_config
+from tests.support.services import luigid_service, mlflow_service
 from tests.support.store import raw_rows
 
 MODEL = registry.model_name("green")
@@ -60,11 +60,12 @@ def decisions(registration: dict) -> tuple:
     return registration["version"], registration["decision"], registration["previous_champion_version"]
 
 
-def rescored(client: MlflowClient, version: int, store: Path) -> float:
-    """The RMSE the test gets itself from registered `version` on the gate rows of 2021-02 (the validation month)."""
-    [path] = store.glob("clean/*/green/2021-02.parquet")
+def rescored(client: MlflowClient, version: int, store: Path, valid_month: str = "2021-02") -> float:
+    """The RMSE the test gets itself from registered `version` on the gate rows of a validation month."""
+    [path] = store.glob(f"clean/*/green/{valid_month}.parquet")
     valid = pd.read_parquet(path)
     gate = valid[data.gate_rows(valid, 0.5)]
+    mlflow.set_tracking_uri(client.tracking_uri)
     model = mlflow.pyfunc.load_model(f"models:/{MODEL}/{version}")
     return metrics.rmse(gate["duration"], model.predict(raw_rows(gate)))
 
@@ -103,6 +104,44 @@ def test_gate_makes_a_worse_model_challenger_and_a_better_one_champion(luigi_con
         assert register_in_process(**tuning)[1] == registration
     assert aliases(client) == {"champion": 2, "challenger": 3}
     assert len(client.search_model_versions(f"name='{MODEL}'")) == 3
+
+
+def test_a_model_with_another_input_contract_is_held_until_an_operator_accepts_it(luigi_config, sampled_tlc):
+    """A champion of the course's feature set takes zones and distance; a clock model also wants the pickup time.
+    Clients pinned to the alias must not get a model that rejects their rows: the better clock model is held, the
+    champion keeps serving three-column rows, and `--accept-contract-change true` promotes it on purpose."""
+    config = luigi.configuration.get_config()
+    config.set("taxi", "source", str(sampled_tlc))
+    client = MlflowClient(luigi_config["mlflow"]["tracking_uri"])
+    store = Path(luigi_config["taxi"]["store"])
+    config.set("BuildFeatures", "feature_set", "course")
+    try:
+        _, course = register_in_process(search_space="lossguide")
+    finally:
+        config.remove_option("BuildFeatures", "feature_set")
+    assert decisions(course) == (1, "champion", None) and course["feature_set"] == "course"
+    assert course["inputs"] == ["PULocationID (any)", "DOLocationID (any)", "trip_distance (double)"]
+
+    _, clock = register_in_process()
+    assert len(list(store.glob("features/*/green/2021-01/train.npz"))) == 2  # each set its own key
+    assert decisions(clock) == (2, "held", 1) and clock["inputs"][-1] == "lpep_pickup_datetime (any)"
+    assert clock["reason"] == "held: input contract differs from champion v1's (adds lpep_pickup_datetime (any))"
+    assert aliases(client) == {"champion": 1}
+    mlflow.set_tracking_uri(client.tracking_uri)
+    pinned = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
+    assert len(pinned.predict(pd.DataFrame([{"PULocationID": 43, "DOLocationID": 151, "trip_distance": 1.0}]))) == 1
+
+    config.set("RegisterModel", "accept_contract_change", "true")
+    try:
+        _, accepted = register_in_process()
+    finally:
+        config.remove_option("RegisterModel", "accept_contract_change")
+    assert (accepted["version"], accepted["accept_contract_change"], accepted["previous_champion_version"]) == (
+        2, True, 1)
+    expected = "champion" if rescored(client, 2, store) < rescored(client, 1, store) * 0.995 else "challenger"
+    assert accepted["decision"] == expected and aliases(client)[expected] == 2
+    assert accepted["reason"].endswith("; input contract change accepted (adds lpep_pickup_datetime (any))")
+    assert json.loads(client.get_model_version(MODEL, "2").tags[registry.DECISION_TAG])["accept_contract_change"]
 
 
 @pytest.fixture
@@ -191,9 +230,8 @@ def test_two_registrations_at_once_leave_the_better_model_champion(tmp_path, sam
 
 def one_champion_and_the_other_compared_with_it(client: MlflowClient, store: Path) -> bool:
     """Whichever of the two months decided first is champion; the second saw it: 2021-01 after 2023-01 is older;
-    2023-01 after 2021-01 is held when it measured its drift from 2021-01's data, and challenger, compared with
-    2021-01's model, when it chose its reference month before any model was registered (the reference is chosen
-    before the decision's lock). Decided at once, both would be champion."""
+    2023-01 after 2021-01 is decided on the margin against 2021-01's model, re-scored by the test on 2023-02's gate
+    rows. Decided at once, both would be champion, each compared with nothing."""
     versions = {client.get_run(v.run_id).data.tags["train.month"]: int(v.version)
                 for v in client.search_model_versions(f"name='{MODEL}'")}
     registrations = {r["month"]: r for r in (json.loads(p.read_text()) for p in store.rglob("registration.json"))}
@@ -204,13 +242,58 @@ def one_champion_and_the_other_compared_with_it(client: MlflowClient, store: Pat
     assert registrations[first]["decision"] == "champion" and later["previous_champion_version"] == versions[first]
     if second == "2021-01":
         expected = "older"
-    elif later["reference_month"] == "2021-01":
-        expected = "held"
-    else:  # decided on the margin against 2021-01's model
-        expected = "champion" if later["gate_rmse"] < later["previous_champion_gate_rmse"] * 0.995 else "challenger"
+    else:
+        before = rescored(client, versions[first], store, "2023-02")
+        assert later["previous_champion_gate_rmse"] == pytest.approx(before, rel=1e-9)
+        expected = "champion" if later["gate_rmse"] < before * 0.995 else "challenger"
     assert later["decision"] == expected, later
     champion = second if expected == "champion" else first
     return aliases(client).get("champion") == versions[champion]
+
+
+@pytest.fixture(scope="module")
+def unshuffled_tlc(tmp_path_factory, tlc_dir) -> Path:
+    """8000 real trips of each green month, none of them altered."""
+    folder = tmp_path_factory.mktemp("unshuffled-tlc")
+    for path in sorted(tlc_dir.glob("green_tripdata_*.parquet")):
+        sample_month(path, folder / path.name, SAMPLE_ROWS)
+    return folder
+
+
+@pytest.mark.parametrize("registers_first", ["2021-01", "2023-01"])
+def test_a_backfill_on_luigid_with_two_workers_ends_with_the_newest_good_month_champion(tmp_path, unshuffled_tlc,
+                                                                                     registers_first):
+    """Issue 24: `scripts/backfill green 2021-01 2023-01 --workers 2` against a real luigid, in either order of the
+    two decisions (the month trained beforehand registers first), ends with 2023-01's model champion. Each month's
+    drift is measured against its own validation month: the two years apart do not hold 2023-01 back."""
+    server = luigid_service(tmp_path / "luigid").start()
+    try:
+        store = tmp_path / "store"
+        config = write_config(tmp_path / "backfill.cfg", {
+            "core": {"local_scheduler": "false", "default_scheduler_url": server.url},
+            "taxi": {"source": str(unshuffled_tlc), "store": str(store), "threads": "1"},
+            "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+                       "artifact_location": str(tmp_path / "mlartifacts")},
+            "TuneHyperparams": SMALL_TUNING,
+        })
+        year, month = registers_first.split("-")
+        trained = run_luigi(tmp_path, config, "TrainModel", "--year", year, "--month", str(int(month)), "--no-lock")
+        assert trained.returncode == 0, trained.stderr[-3000:]
+        done = subprocess.run([str(ROOT / "scripts" / "backfill"), "green", "2021-01", "2023-01", "--workers", "2",
+                               "--no-lock"], capture_output=True, text=True, timeout=900,
+                              env={**os.environ, "LUIGI_CONFIG_PATH": str(config)})
+    finally:
+        server.stop()
+    assert done.returncode == 20, done.stderr[-3000:]  # [retcode] missing_data: the months between are not there
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    registrations = {r["month"]: r for r in (json.loads(p.read_text()) for p in store.rglob("registration.json"))}
+    assert registrations[registers_first]["previous_champion_version"] is None  # the order this case is about
+    for month, registration in registrations.items():
+        assert registration["reference_month"] == {"2021-01": "2021-02", "2023-01": "2023-02"}[month]
+        assert not any(m["over"] for m in registration["drift"]), registration["drift"]
+    assert one_champion_and_the_other_compared_with_it(client, store)
+    champion = client.get_model_version_by_alias(MODEL, "champion")
+    assert client.get_run(champion.run_id).data.tags["train.month"] == "2023-01"
 
 
 def test_two_months_started_at_once_on_a_new_sqlite_database_both_register(tmp_path, sampled_tlc):
@@ -249,7 +332,8 @@ def test_registrations_on_one_sqlite_registry_take_turns_without_a_scheduler(tmp
     def register(name: str, score_version) -> dict:
         version, decision = registry.register(
             MODEL, runs[name], f"runs:/{runs[name]}/model", rmse[name], score_version,
-            lambda champion: promotion.decide("2022-01", rmse[name], champion, [], promotion.Policy()), False)
+            lambda champion: promotion.decide("2022-01", rmse[name], champion, [], promotion.Policy()),
+            promotion.Policy().accepted())
         return {"version": version, "decision": decision.decision,
                 "previous_champion_version": decision.previous_champion_version}
 

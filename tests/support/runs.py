@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 
 from tests.support.paths import BIN, ROOT
 
+SAMPLE_ROWS = 8000  # trips of each month sampled for the tests that tune and train several times
 SMALL_TUNING = {"max_evals": "2", "num_boost_round": "20", "early_stopping_rounds": "5", "startup_evals": "2"}
 
 
