@@ -27,15 +27,17 @@ MONTHS = ((2021, 1), (2023, 1))
 
 
 def course_rmses(run: tasks.RegisterModel) -> dict[str, float]:
-    """The course's fixed parameters, trained on the run's training matrix: RMSE on its selection and gate rows."""
+    """The course's model (its features, fixed parameters and rounds), trained on the run's cleaned training month:
+    RMSE on the run's selection and gate rows."""
     inputs = run.input()
-    vectorizer, X_train, y_train, X_selection, y_selection = tasks.load_features(inputs["features"])
-    booster = training.train_booster(X_train, y_train, COURSE_PARAMS, COURSE_ROUNDS, COURSE_SEED, os.cpu_count() or 1)
-    valid = storage.read_parquet(inputs["clean"]["valid"]["data"])
-    gate = valid[data.gate_rows(valid, run.requires()["features"].gate_share)]
-    X_gate = features.transform(vectorizer, gate)
-    return {"selection": metrics.rmse(y_selection, serving.predict(booster, X_selection)),
-            "gate": metrics.rmse(gate["duration"].to_numpy(), serving.predict(booster, X_gate))}
+    train, valid = (storage.read_parquet(inputs["clean"][key]["data"]) for key in ("train", "valid"))
+    vectorizer = features.fit_vectorizer(train)
+    booster = training.train_booster(features.transform(vectorizer, train), features.target(train), COURSE_PARAMS,
+                                     COURSE_ROUNDS, COURSE_SEED, os.cpu_count() or 1)
+    is_gate = data.gate_rows(valid, run.requires()["features"].gate_share)
+    return {name: metrics.rmse(rows["duration"].to_numpy(), serving.predict(booster, features.transform(vectorizer,
+                                                                                                       rows)))
+            for name, rows in (("selection", valid[~is_gate]), ("gate", valid[is_gate]))}
 
 
 def measure(source_dir: Path, workdir: Path) -> list[dict]:

@@ -68,8 +68,14 @@ def register(name: str, run_id: str, model_uri: str, gate_rmse: float, score_ver
 
 def input_contract(model_uri: str) -> tuple[str, ...]:
     """A logged model's input contract, one "name (type)" per column of its signature ("name (type, optional)" for
-    an optional one); empty for a model logged without a signature."""
-    signature = _call(f"read the signature of {model_uri}", mlflow.models.get_model_info, model_uri).signature
+    an optional one); empty for a model logged without a signature, or a version registered from files that are no
+    MLflow model (by hand). Any other registry error raises RegistryError."""
+    try:
+        signature = mlflow.models.get_model_info(model_uri).signature
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return ()
+        raise _registry_error(f"read the signature of {model_uri}", exc) from None
     if signature is None or signature.inputs is None:
         return ()
     columns = []

@@ -139,6 +139,16 @@ def predictions(trips: pd.DataFrame, predicted: np.ndarray, model: ModelVersion,
         "model_run_id": pa.repeat(model.run_id, len(trips))})
 
 
+def score(model: ModelVersion, trips: pd.DataFrame, color: str, month: str, alert_share: float) -> tuple[pa.Table,
+                                                                                                        dict]:
+    """A cleaned month scored with a registered version, loaded as users load it, inside the active MLflow run (its
+    live error logged there, linked to the version's logged model): (the predictions, live.json's record so far)."""
+    scored = predictions(trips, predict_trips(load(model), trips), model, color, month)
+    live = live_error(scored)
+    log_live_error(live, model)
+    return scored, live_record(color, month, model, live, alert_share)
+
+
 def live_error(scored: pa.Table) -> dict[str, float | int]:
     """RMSE and MAE (minutes) of a scored month's predictions against the actual durations, and its row count."""
     actual, predicted = (scored[column].to_numpy() for column in ("actual_duration", "predicted_duration"))
@@ -156,6 +166,13 @@ def live_record(color: str, month: str, model: ModelVersion, live: dict, alert_s
             "model_run_id": model.run_id, "model_train_month": model.train_month,
             "model_valid_month": model.valid_month, **live, "registered_rmse": model.registered_rmse,
             "alert_share": alert_share, "alert": is_alert(live["rmse"], model.registered_rmse, alert_share)}
+
+
+def replacing_text(path: str, earlier: dict) -> str:
+    """Why the files about to be replaced at `path` were another model: scored with another registry's version of
+    this number."""
+    return (f"replacing {path}: it was scored with {earlier['model_name']} v{earlier['model_version']} of the "
+            f"registry at {earlier['tracking_uri']}, another model")
 
 
 def summary(record: dict) -> str:

@@ -118,7 +118,7 @@ def test_the_readme_snippet_loads_the_model_from_another_folder(demo, tmp_path):
                           capture_output=True, text=True, timeout=300, env=user_env())
     assert done.returncode == 0, done.stderr[-3000:]
     [minutes] = re.findall(r"\d+\.\d+", done.stdout)
-    trip = re.search(r"pd\.DataFrame\(\[(\{.*?\})\]\)", snippet).group(1)  # the snippet's own trip
+    trip = re.search(r"pd\.DataFrame\(\[(\{.*?\})\]\)", snippet, re.S).group(1)  # the snippet's own trip
     mlflow.set_tracking_uri(printed.group(1))
     champion = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
     assert float(minutes) == pytest.approx(champion.predict(pd.DataFrame([ast.literal_eval(trip)]))[0], rel=1e-5)

@@ -72,6 +72,14 @@ def rescored(client: MlflowClient, version: int, store: Path, valid_month: str =
 
 def test_gate_makes_a_worse_model_challenger_and_a_better_one_champion(luigi_config, sampled_tlc):
     luigi.configuration.get_config().set("taxi", "source", str(sampled_tlc))
+    luigi.configuration.get_config().set("RegisterModel", "max_rmse", "60")  # one tree is not a model to reject
+    try:
+        gate_decides(luigi_config)
+    finally:
+        luigi.configuration.get_config().remove_option("RegisterModel", "max_rmse")
+
+
+def gate_decides(luigi_config) -> None:
     client = MlflowClient(luigi_config["mlflow"]["tracking_uri"])
     store = Path(luigi_config["taxi"]["store"])
     _, first = register_in_process(**ONE_TREE)

@@ -65,30 +65,19 @@ class ScoreVersion(MonthTask):
         model = scoring.model_version(self.color, self.model_version)
         trips = storage.read_parquet(self.input()["data"], list(scoring.TRIP_COLUMNS))
         tags = scoring.run_tags(self.color, model, storage.read_json(self.input()["stats"]))
-        predictions = self.output()[layout.PREDICTIONS]
+        predictions, live = self.output()[layout.PREDICTIONS], self.output()[layout.LIVE]
         with self.mlflow_run("scoring", tags) as run:
-            predicted = scoring.predict_trips(scoring.load(model), trips)
-            scored = scoring.predictions(trips, predicted, model, self.color, self.ym)
-            live = scoring.live_error(scored)
-            scoring.log_live_error(live, model)
-            self._replace_notice()
+            scored, record = scoring.score(model, trips, self.color, self.ym, self.alert_share)
+            if live.exists():
+                log.warning("%s", scoring.replacing_text(live.path, storage.read_json(live)))
             storage.write_table(scored, predictions)
-        record = {**scoring.live_record(self.color, self.ym, model, live, self.alert_share),
-                  "tracking_uri": tracking_uri, "scoring_run_id": run.info.run_id,
-                  "scoring_run_url": tracking.run_url(run.info.run_id), "predictions": storage.location(predictions),
-                  "seconds": round(time.monotonic() - started, 3)}
+        record.update(tracking_uri=tracking_uri, scoring_run_id=run.info.run_id,
+                      scoring_run_url=tracking.run_url(run.info.run_id), predictions=storage.location(predictions),
+                      seconds=round(time.monotonic() - started, 3))
         log.info("%s", scoring.summary(record))
         if record["alert"]:
             self._alert(record)
-        storage.write_json(record, self.output()[layout.LIVE])  # last: the scoring is complete with it
-
-    def _replace_notice(self) -> None:
-        """Say so when the files about to be replaced were scored with another registry's version of this number."""
-        live = self.output()[layout.LIVE]
-        if live.exists():
-            earlier = storage.read_json(live)
-            log.warning("replacing %s: it was scored with %s v%s of the registry at %s, another model", live.path,
-                        earlier["model_name"], earlier["model_version"], earlier["tracking_uri"])
+        storage.write_json(record, live)  # last: the scoring is complete with it
 
     def _alert(self, record: dict) -> None:
         """The live-error alert, to the webhook and, like Luigi's failure mails, to `[email] receiver`."""
