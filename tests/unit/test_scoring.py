@@ -31,3 +31,8 @@ def test_a_version_without_a_registered_rmse_never_alerts_and_says_so():
 def test_the_summary_names_the_rmse_above_which_it_alerts():
     record = {**scoring.live_record("green", "2021-03", MODEL, LIVE, 0.25), "predictions": "p"}
     assert "(registered RMSE 6.4000, alert above 8.0000); p" in scoring.summary(record)
+
+
+def test_exactly_the_share_above_is_not_more_than_it():
+    assert not scoring.is_alert(6.0, 4.0, 0.5) and scoring.is_alert(6.0001, 4.0, 0.5)
+    assert not scoring.is_alert(1e9, None, 0.0)

@@ -33,3 +33,14 @@ def test_everyone_waits_once_the_overall_count_is_reached():
     assert throttle.wait("d") == 60 and throttle.wait("a") == 60
     now[0] = 160.0
     assert throttle.wait("d") == 0 and len(throttle.failures) == 0  # forgotten
+
+
+def test_the_failure_that_reaches_the_count_is_the_one_that_locks_out():
+    now = [0.0]
+    throttle = Throttle(per_client=3, overall=4, window=60, clock=lambda: now[0])
+    throttle.failed("a"), throttle.failed("a")
+    assert throttle.wait("a") == 0 and throttle.wait("b") == 0
+    throttle.failed("a")
+    assert throttle.wait("a") == 60 and throttle.wait("b") == 0
+    throttle.failed("b")
+    assert throttle.wait("b") == 60  # the fourth failure in all
