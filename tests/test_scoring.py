@@ -106,8 +106,8 @@ def luigi_run(scored_workdir: Path, config: Path, *args: str, env: dict[str, str
 def scored(tmp_path_factory, sampled_tlc) -> Scored:
     """On sampled months: green 2021-01 trained and registered (v1, champion); February scored through luigid, scored
     again (a no-op), deleted and scored by another process; the shifted March scored; 2023-01 registered (v2, the
-    newest version but not champion), January scored; v2 made champion by hand, then February scored again. Every run posts to one webhook and mails to
-    one SMTP server."""
+    newest version but not champion), January scored; v2 made champion by hand, then February scored again. Every run
+    posts to one webhook and mails to one SMTP server."""
     workdir = tmp_path_factory.mktemp("scoring")
     mirror = workdir / "mirror"
     shutil.copytree(sampled_tlc, mirror)
@@ -186,7 +186,8 @@ def test_the_predictions_are_the_pyfunc_s_own_for_every_cleaned_trip(scored):
 
 def test_live_error_is_beside_the_predictions_and_on_a_scoring_run_linked_to_the_version(scored):
     """RMSE and MAE recomputed here from the pyfunc's predictions, the RMSE the version was registered with from its
-    pyfunc on February's gate rows; MLflow has the scoring run, tagged with the version, its metrics linked to the model."""
+    pyfunc on February's gate rows; MLflow has the scoring run, tagged with the version, its metrics linked to the
+    model."""
     cleaned = scored.cleaned("2021-02")
     errors = cleaned["duration"].to_numpy() - scored.pyfunc(1).predict(cleaned).astype(np.float64)
     live = json.loads(scored.scores("2021-02", 1, layout.LIVE).read_text())

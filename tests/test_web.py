@@ -315,8 +315,8 @@ def test_without_a_session_every_page_and_api_call_is_refused(site, tmp_path):
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
             answer = requests.request(method, site.url + probe_path(rule), allow_redirects=False, timeout=30)
             probed.append(rule.endpoint)
-            if rule.endpoint == "login":  # the one page answered without a session
-                assert answer.status_code in (200, 400), (method, answer.status_code)  # the form; a POST lacks its token
+            if rule.endpoint == "login":  # the one page answered without a session: the form (a POST lacks its token)
+                assert answer.status_code in (200, 400), (method, answer.status_code)
                 continue
             if rule.rule.startswith("/api/"):
                 assert answer.status_code == 401 and answer.json() == {"error": "log in first"}, rule

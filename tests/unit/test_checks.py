@@ -26,7 +26,10 @@ def stats(rows_raw: int = ROWS, rows_clean: int = ROWS) -> CleanStats:
     return CleanStats(rows_raw, rows_clean, 0, 0)
 
 
-def findings(trips: pd.DataFrame, settings: CheckSettings = CheckSettings(), raw: int | None = None) -> dict:
+DEFAULTS = CheckSettings()
+
+
+def findings(trips: pd.DataFrame, settings: CheckSettings = DEFAULTS, raw: int | None = None) -> dict:
     """Each check's failing row count, by check."""
     found = check_month(trips, stats(raw or len(trips), len(trips)), 2021, 1, settings, "green 2021-01")
     return {finding.check: finding.failing for finding in found}

@@ -23,8 +23,8 @@ def test_a_row_has_the_alias_the_registry_gives_its_version_now():
     assert (row.month, row.version, row.alias, row.registered) == ("2021-01", 1, "champion", CREATED)
     assert row.report == f"/store/{FOLDER}/{layout.REPORT}" and row.folder == FOLDER
     assert status.make_row("/store", FOLDER, registration(2, "run2"), versions).alias == "none"
-    assert status.make_row("/store", FOLDER, registration(1, "run1"), {1: status.Version("run1", ("challenger",),
-                                                                                         CREATED)}).alias == "challenger"
+    challenger = {1: status.Version("run1", ("challenger",), CREATED)}
+    assert status.make_row("/store", FOLDER, registration(1, "run1"), challenger).alias == "challenger"
 
 
 def test_a_version_the_registry_lacks_or_holds_from_another_run_is_missing():
