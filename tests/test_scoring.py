@@ -496,3 +496,19 @@ def test_the_alert_share_a_scoring_is_given_is_the_one_applied(scored):
     live = json.loads(scored.scores("2021-06", 1, layout.LIVE).read_text())
     assert (live["alert"], live["alert_share"]) == (False, 50)
     assert "live error alert" not in done.stderr
+
+
+def test_a_month_scored_with_another_registry_s_version_is_not_done_for_this_one(scored, tmp_path):
+    """February was scored with v1 of the tracking server. Against a registry of its own (empty), ScoreVersion v1 of
+    the same store is not complete: it runs, fails for want of that registry's v1, and leaves the files as they were."""
+    folder = scored.scores("2021-02", 1, layout.LIVE).parent
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+    database = tmp_path / "other.db"
+    config = write_config(tmp_path / "other.cfg", {"taxi": {"source": str(scored.workdir / "mirror"),
+                                                            "store": str(scored.store)},
+                                                   "mlflow": {"tracking_uri": f"sqlite:///{database}"},
+                                                   "core": private_lock(tmp_path)})
+    done = run_luigi(tmp_path, config, "ScoreVersion", *FEBRUARY, "--model-version", "1")
+    assert done.returncode == 30, done.stderr[-3000:]
+    assert f"UnknownVersion: {MODEL} has no version 1 in the registry at sqlite:///{database}" in done.stderr
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
