@@ -260,7 +260,8 @@ def summarize(rows: int, course: dict, pipeline: dict, checks: dict[str, bool], 
     if speedup["predict"] is not None:
         goals["predict >= 3x faster"] = speedup["predict"] >= GOALS["predict_speedup"]
     return {
-        "rows": rows, "real_months": args.real, "repeat": args.repeat, "identical": all(checks.values()), "checks": checks,
+        "rows": rows, "real_months": args.real, "repeat": args.repeat, "identical": all(checks.values()),
+        "checks": checks,
         "seconds": seconds, "speedup": speedup, "course_detail_seconds": {
             k: round(v, 3) for k, v in course["detail_seconds"].items()},
         "peak_rss_mb": {"read+clean+features": data_peak,

@@ -87,9 +87,10 @@ def check_month(trips: pd.DataFrame, stats: CleanStats, year: int, month: int, s
     try:
         declared.validate(trips, lazy=True)
     except pa.errors.SchemaErrors as errors:
-        for (column, check), cases in errors.failure_cases.groupby(["column", "check"], sort=True):
-            if cases["index"].isna().all():  # the column as a whole: missing, or of another type
-                raise CheckFailed(f"{what}: column {column} fails {check}: the month's schema is not the one "
+        for (column, check), cases in errors.failure_cases.groupby(["column", "check"], sort=True, dropna=False):
+            if cases["index"].isna().all():  # the column as a whole: of another type, or missing (no column then)
+                name = column if isinstance(column, str) else ", ".join(cases["failure_case"].astype(str))
+                raise CheckFailed(f"{what}: column {name} fails {check}: the month's schema is not the one "
                                   f"cleaning makes") from None
             failing[f"{column} {check}"] = cases["index"].nunique()
     findings = [Finding(DROPPED, stats.rows_raw - stats.rows_clean, stats.rows_raw, settings.max_drop_share),

@@ -1,7 +1,8 @@
 """Bad parameters, bad source files and corrupt cached targets, as an operator meets them: `luigi --module
 taxi.tasks ...` in a subprocess is rejected with a clear message and a non-zero exit code, writes no target for
 the bad month and registers nothing. Zone ids outside 1..265 and a few non-finite distances are warned about, not
-rejected."""
+rejected. Each data-check setting of CleanMonth, and BuildFeatures' gate share, reaches the function it sets and
+the target paths."""
 
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import luigi
+import luigi.configuration
 import pytest
 
-from taxi import features, layout
+from taxi import data, features, layout, tasks
 from tests.support.flaky_http import FlakyMirror
 from tests.support.luigi_process import LuigiProcess, private_lock
 from tests.support.paths import BIN
@@ -313,3 +316,97 @@ def test_truncated_feature_matrix_is_named_on_read_and_rebuilt_once_deleted(feat
     assert rebuilt.returncode == 0 and "1 ran successfully" in rebuilt.stderr
     X, y = features.load_matrix(str(matrix))
     assert X.shape[0] == len(y) == JANUARY_CLEAN_ROWS
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Settings: each reaches the function it sets, and the paths of what it changes.
+
+SLACK_HOURS = 12  # the crafted January's early pickups: this long before the month starts
+EARLY_SHARE = 0.03  # of its cleaned trips
+CHECK_SETTINGS = {  # CleanMonth setting: (a value the month fails with, the check that fails, the share it allows)
+    "max_drop_share": ("0.03", "rows dropped by cleaning", "3"),  # cleaning drops 3.4 % of January's rows
+    "max_failing_share": ("0.0005", "trip_distance in 0..100 miles", "0.05"),  # 0.1 % of its trips are longer
+    "max_distance": ("10", "trip_distance in 0..10 miles", "1"),  # 11.7 % of its trips are longer than 10 miles
+    "pickup_slack_days": ("0.25", "pickup_datetime in the file's month ± 0.25 days", "1"),  # the early pickups
+}
+
+
+def early_pickups(table: pa.Table) -> pa.Table:
+    """January with EARLY_SHARE of the trips cleaning keeps picked up SLACK_HOURS before the month, each as long as
+    it was: inside the default slack of a day, outside a quarter of one."""
+    trips = table.to_pandas()
+    pickup, dropoff = trips["lpep_pickup_datetime"], trips["lpep_dropoff_datetime"]
+    minutes = (dropoff - pickup).dt.total_seconds() / 60
+    kept = np.flatnonzero(minutes.between(1, 60).to_numpy() & np.isfinite(trips["trip_distance"].to_numpy()))
+    moved = np.random.default_rng(5).choice(kept, round(EARLY_SHARE * len(kept)), replace=False)
+    early = pd.Timestamp(2021, 1, 1) - pd.Timedelta(hours=SLACK_HOURS)
+    trips.loc[moved, "lpep_dropoff_datetime"] = early + (dropoff[moved] - pickup[moved])
+    trips.loc[moved, "lpep_pickup_datetime"] = early
+    return pa.Table.from_pandas(trips, schema=table.schema, preserve_index=False)
+
+
+@pytest.fixture(scope="module")
+def check_setting_runs(tmp_path_factory, tlc_dir) -> tuple[Path, dict[str, LuigiProcess]]:
+    """CleanMonth of the crafted January with the default settings, and once per setting with the value it fails
+    with, all at once, each with its own store."""
+    workdir = tmp_path_factory.mktemp("check-settings")
+    (workdir / "mirror").mkdir()
+    pq.write_table(early_pickups(pq.read_table(tlc_dir / JANUARY)), workdir / "mirror" / JANUARY)
+    runs = {}
+    for case in ("defaults", *CHECK_SETTINGS):
+        config = write_config(workdir / f"{case}.cfg", {"taxi": {"source": str(workdir / "mirror"),
+                                                                  "store": str(workdir / case)},
+                                                         "core": private_lock(workdir / case)})
+        args = () if case == "defaults" else (f"--{case.replace('_', '-')}", CHECK_SETTINGS[case][0])
+        runs[case] = LuigiProcess(workdir, config, "CleanMonth", *MONTH, *args, name=case)
+    for run in runs.values():
+        run.finish(timeout=300)
+    return workdir, runs
+
+
+def test_the_crafted_month_passes_every_check_with_the_default_settings(check_setting_runs):
+    workdir, runs = check_setting_runs
+    assert runs["defaults"].proc.returncode == 0, runs["defaults"].log[-3000:]
+    stats = json.loads(one_file(workdir / "defaults", layout.CLEAN_STATS, color="green", ym="2021-01").read_text())
+    cleaned = pd.read_parquet(one_file(workdir / "defaults", layout.CLEAN, color="green", ym="2021-01"))
+    early = (cleaned[data.PICKUP] < pd.Timestamp(2021, 1, 1) - pd.Timedelta(hours=SLACK_HOURS - 1)).mean()
+    assert early == pytest.approx(EARLY_SHARE, abs=1e-4)  # the early pickups are in, within the day's slack
+    assert stats["rows_clean"] == len(cleaned) == JANUARY_CLEAN_ROWS
+
+
+@pytest.mark.parametrize("setting", list(CHECK_SETTINGS))
+def test_each_check_setting_reaches_its_check(check_setting_runs, setting):
+    """The month passes with the defaults: it fails only if the setting reached the check, which says so."""
+    workdir, runs = check_setting_runs
+    _, check, allowed = CHECK_SETTINGS[setting]
+    run = runs[setting]
+    assert run.proc.returncode == 30, run.log[-3000:]  # [retcode] task_failed
+    line = next(line for line in run.log.splitlines() if line.startswith("taxi.checks.CheckFailed: "))
+    assert f": check failed: {check}: " in line and line.endswith(f"(at most {allowed}% may); the month's data looks "
+                                                                 f"wrong: fix the source, or change the [CleanMonth] "
+                                                                 f"check settings"), line
+    assert files_under(workdir / setting / "clean") == []
+
+
+def test_each_check_setting_is_in_the_cleaned_month_s_paths(luigi_config):
+    """A cleaned month made with other check settings is another target: changing one never reuses the old one."""
+    settings = {name for name, _ in tasks.CleanMonth.get_params()} - {"color", "year", "month"}
+    assert settings == set(CHECK_SETTINGS)  # a new setting needs its cases above
+    default = tasks.CleanMonth(year=2021, month=1).output()
+    for name, (value, _, _) in CHECK_SETTINGS.items():
+        changed = tasks.CleanMonth(year=2021, month=1, **{name: float(value)}).output()
+        assert changed.keys() == default.keys()
+        for key in default:
+            assert changed[key].path != default[key].path, (name, key)
+
+
+def test_the_gate_share_reaches_the_split_of_the_validation_month(luigi_config, sampled_tlc):
+    """BuildFeatures with gate_share 0.3 keeps the other 70 % of February's trips, by the split recomputed here."""
+    luigi.configuration.get_config().set("taxi", "source", str(sampled_tlc))
+    task = tasks.BuildFeatures(year=2021, month=1, gate_share=0.3)
+    assert luigi.build([task], local_scheduler=True, workers=1)
+    valid = pd.read_parquet(task.input()["valid"]["data"].path)
+    _, _, _, X_valid, y_valid = tasks.load_features(task.output())
+    selection = ~data.gate_rows(valid, 0.3)
+    assert 0.67 < selection.mean() < 0.73 and X_valid.shape[0] == selection.sum()
+    np.testing.assert_array_equal(y_valid, valid["duration"].to_numpy()[selection])

@@ -27,9 +27,22 @@ def test_validate_month_rejects_with_a_clear_message(color, year, month, message
         data.validate_month(color, year, month, needs_next_month=True, today=TODAY)
 
 
-def test_validate_month_accepts_a_month_whose_successor_is_over():
-    data.validate_month("green", 2026, 9, needs_next_month=True, today=TODAY)
-    data.validate_month("yellow", 2026, 10, needs_next_month=False, today=TODAY)
+def accepted(year: int, month: int, needs_next_month: bool) -> bool:
+    try:
+        data.validate_month("green", year, month, needs_next_month=needs_next_month, today=TODAY)
+    except ValueError:
+        return False
+    return True
+
+
+def test_validate_month_accepts_exactly_the_months_that_are_over_enough():
+    """Every month of 2024..2026 as of TODAY (2026-11-27): a month to train on needs the month after it over (two
+    or more months back), any other month to have begun (this month or earlier)."""
+    for year in (2024, 2025, 2026):
+        for month in range(1, 13):
+            back = (TODAY.year * 12 + TODAY.month) - (year * 12 + month)
+            assert accepted(year, month, needs_next_month=True) == (back >= 2), (year, month)
+            assert accepted(year, month, needs_next_month=False) == (back >= 0), (year, month)
 
 
 def test_next_month_crosses_the_year():

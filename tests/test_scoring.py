@@ -25,7 +25,8 @@ from aiosmtpd.controller import Controller
 from mlflow.tracking import MlflowClient
 
 from bench import synthetic
-from taxi import layout, notify, scoring
+from taxi import data, layout, notify, scoring
+from taxi.pipeline.scoring import ALERT_SHARE
 from taxi.registry import model_name
 from tests.support.luigi_process import LuigiProcess, private_lock
 from tests.support.paths import ROOT
@@ -38,6 +39,7 @@ from tests.test_ops import Inbox
 MODEL = model_name("green")
 FEBRUARY = ("--year", "2021", "--month", "2")
 SHIFT = np.timedelta64(15, "m")  # the shifted month's trips take this much longer than the model expects
+GATE_SHARE = 0.5  # [BuildFeatures] gate_share's default: the share of the validation month kept for the gate
 PREDICTED_COLUMNS = ["ride_id", "pickup_datetime", "PULocationID", "DOLocationID", "trip_distance",
                      "actual_duration", "predicted_duration", "diff", "model_name", "model_version", "model_run_id"]
 
@@ -61,6 +63,7 @@ class Scored:
     first_bytes: dict[str, bytes]  # the first scoring of February, file by file
     rescored_bytes: bytes  # February's predictions scored again by another process, its files deleted
     before_new_champion: dict[str, bytes]  # v1's February files before v2 became champion
+    champion_and_newest: tuple[int, int]  # the registry's champion and newest version when January was scored
     webhook: list[str]  # every text the webhook received
     mails: list[tuple[str, str]]  # (subject, body) of every mail
 
@@ -78,10 +81,16 @@ class Scored:
         mlflow.set_tracking_uri(self.mlflow.url)
         return mlflow.pyfunc.load_model(f"models:/{MODEL}/{version}")
 
+    def gate_rmse(self, version: int, valid_month: str) -> float:
+        """The version's RMSE on its validation month's gate rows, recomputed here with its pyfunc."""
+        valid = self.cleaned(valid_month)
+        gate = valid[data.gate_rows(valid, GATE_SHARE)]
+        return float(np.sqrt(np.mean((gate["duration"].to_numpy() - self.pyfunc(version).predict(gate)) ** 2)))
 
-def shifted_month(source: Path, dest: Path) -> None:
-    """Green 2021-03 from the sampled February's trips, each SHIFT longer: a month the model gets wrong."""
-    table = synthetic.make_month(synthetic.read_sources([str(source)]), 8000, "green", 2021, 3, seed=3)
+
+def shifted_month(source: Path, dest: Path, month: int = 3) -> None:
+    """Green 2021-`month` from the sampled February's trips, each SHIFT longer: a month the model gets wrong."""
+    table = synthetic.make_month(synthetic.read_sources([str(source)]), 8000, "green", 2021, month, seed=3)
     column = table.schema.get_field_index("lpep_dropoff_datetime")
     dropoff = pc.add(table["lpep_dropoff_datetime"], pa.scalar(SHIFT.astype("timedelta64[us]").item(),
                                                                  pa.duration("us")))
@@ -96,9 +105,9 @@ def luigi_run(scored_workdir: Path, config: Path, *args: str, env: dict[str, str
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory, sampled_tlc) -> Scored:
     """On sampled months: green 2021-01 trained and registered (v1, champion); February scored through luigid, scored
-    again (a no-op), deleted and scored by another process; the shifted March scored; 2023-01 registered (v2,
-    challenger) and made champion by hand, then February scored again. Every run posts to one webhook and mails to
-    one SMTP server."""
+    again (a no-op), deleted and scored by another process; the shifted March scored; 2023-01 registered (v2, the
+    newest version but not champion), January scored; v2 made champion by hand, then February scored again. Every run
+    posts to one webhook and mails to one SMTP server."""
     workdir = tmp_path_factory.mktemp("scoring")
     mirror = workdir / "mirror"
     shutil.copytree(sampled_tlc, mirror)
@@ -129,10 +138,15 @@ def scored(tmp_path_factory, sampled_tlc) -> Scored:
         runs["shifted"] = luigi_run(workdir, config, "ScoreMonth", "--year", "2021", "--month", "3", env=env)
         before_new_champion = {path.name: path.read_bytes() for path in folder.iterdir()}
         runs["train-2023"] = luigi_run(workdir, config, "RegisterModel", "--year", "2023", "--month", "1", env=env)
-        MlflowClient(server.url).set_registered_model_alias(MODEL, "champion", "2")
+        client = MlflowClient(server.url)
+        champion_and_newest = (int(client.get_model_version_by_alias(MODEL, "champion").version),
+                               max(int(v.version) for v in client.search_model_versions(f"name='{MODEL}'")))
+        runs["newest-not-champion"] = luigi_run(workdir, config, "ScoreMonth", "--year", "2021", "--month", "1",
+                                                env=env)
+        client.set_registered_model_alias(MODEL, "champion", "2")
         runs["new-champion"] = luigi_run(workdir, config, "ScoreMonth", *FEBRUARY, env=env)
         yield Scored(workdir, workdir / "store", config, server, scheduler, runs, first_bytes, rescored_bytes,
-                     before_new_champion, receiver.texts, inbox.texts())
+                     before_new_champion, champion_and_newest, receiver.texts, inbox.texts())
     finally:
         receiver.close()
         smtp.stop()
@@ -171,16 +185,17 @@ def test_the_predictions_are_the_pyfunc_s_own_for_every_cleaned_trip(scored):
 
 
 def test_live_error_is_beside_the_predictions_and_on_a_scoring_run_linked_to_the_version(scored):
-    """RMSE and MAE recomputed here from the pyfunc's predictions; the RMSE the version was registered with is
-    registration.json's; MLflow has the scoring run, tagged with the version, its metrics linked to the model."""
+    """RMSE and MAE recomputed here from the pyfunc's predictions, the RMSE the version was registered with from its
+    pyfunc on February's gate rows; MLflow has the scoring run, tagged with the version, its metrics linked to the
+    model."""
     cleaned = scored.cleaned("2021-02")
     errors = cleaned["duration"].to_numpy() - scored.pyfunc(1).predict(raw_rows(cleaned)).astype(np.float64)
     live = json.loads(scored.scores("2021-02", 1, layout.LIVE).read_text())
-    registered = json.loads(run_file(scored.store, layout.REGISTRATION).read_text())
     assert live["rmse"] == pytest.approx(np.sqrt(np.mean(errors ** 2)), rel=1e-12)
     assert live["mae"] == pytest.approx(np.mean(np.abs(errors)), rel=1e-12)
     assert (live["rows"], live["model_version"], live["month"], live["alert"]) == (len(cleaned), 1, "2021-02", False)
-    assert live["registered_rmse"] == registered["gate_rmse"] and live["model_train_month"] == "2021-01"
+    assert live["registered_rmse"] == pytest.approx(scored.gate_rmse(1, "2021-02"), rel=1e-6)
+    assert live["model_train_month"] == "2021-01"
     client = scored.client()
     run = client.get_run(live["scoring_run_id"])
     version = client.get_model_version(MODEL, "1")
@@ -203,6 +218,17 @@ def test_luigid_links_the_scoring_tasks_to_the_scoring_run(scored):
     urls = {task["name"]: task["tracking_url"] for task in tasks.values() if task["name"].startswith("Score")}
     run_page = f"{scored.mlflow.url}/#/experiments/{experiment}/runs/{first['scoring_run_id']}"
     assert urls == {"ScoreMonth": run_page, "ScoreVersion": run_page}
+
+
+def test_scoring_uses_the_champion_even_when_a_newer_version_is_not_champion(scored):
+    """January was scored while v2, registered after v1, was not champion: with v1, the champion."""
+    assert scored.champion_and_newest == (1, 2)
+    run = scored.runs["newest-not-champion"]
+    assert "running   ScoreVersion(color=green, year=2021, month=1, model_version=1)" in run.output
+    assert not scored.scores("2021-01", 2, layout.LIVE).parent.exists()
+    predicted = pd.read_parquet(scored.scores("2021-01", 1, layout.PREDICTIONS))
+    np.testing.assert_array_equal(predicted["predicted_duration"].to_numpy(),
+                                  scored.pyfunc(1).predict(scored.cleaned("2021-01")).astype(np.float64))
 
 
 def test_a_rerun_is_a_no_op(scored):
@@ -454,3 +480,35 @@ def test_a_version_trained_on_another_color_does_not_score(scored):
         f"ValueError: {MODEL} v{wrong.version} was trained on yellow trips, not green ones: it cannot score green "
         f"months"]
     assert not scored.scores("2021-02", int(wrong.version), layout.LIVE).parent.exists()
+
+
+def test_the_alert_share_a_scoring_is_given_is_the_one_applied(scored):
+    """With --alert-share 50, June (shifted like March: worse than v1's registered RMSE, recomputed here, by more
+    than the default share) does not alert; its live.json records the share it was scored with."""
+    shifted_month(scored.workdir / "mirror" / "green_tripdata_2021-02.parquet",
+                  scored.workdir / "mirror" / "green_tripdata_2021-06.parquet", month=6)
+    done = run_luigi(scored.workdir, scored.config, "ScoreVersion", "--year", "2021", "--month", "6",
+                     "--model-version", "1", "--alert-share", "50")
+    assert done.returncode == 0, done.stderr[-3000:]
+    cleaned = scored.cleaned("2021-06")
+    live_rmse = float(np.sqrt(np.mean((cleaned["duration"] - scored.pyfunc(1).predict(cleaned)) ** 2)))
+    assert live_rmse > (1 + ALERT_SHARE) * scored.gate_rmse(1, "2021-02")  # the default share would alert
+    live = json.loads(scored.scores("2021-06", 1, layout.LIVE).read_text())
+    assert (live["alert"], live["alert_share"]) == (False, 50)
+    assert "live error alert" not in done.stderr
+
+
+def test_a_month_scored_with_another_registry_s_version_is_not_done_for_this_one(scored, tmp_path):
+    """February was scored with v1 of the tracking server. Against a registry of its own (empty), ScoreVersion v1 of
+    the same store is not complete: it runs, fails for want of that registry's v1, and leaves the files as they were."""
+    folder = scored.scores("2021-02", 1, layout.LIVE).parent
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+    database = tmp_path / "other.db"
+    config = write_config(tmp_path / "other.cfg", {"taxi": {"source": str(scored.workdir / "mirror"),
+                                                            "store": str(scored.store)},
+                                                   "mlflow": {"tracking_uri": f"sqlite:///{database}"},
+                                                   "core": private_lock(tmp_path)})
+    done = run_luigi(tmp_path, config, "ScoreVersion", *FEBRUARY, "--model-version", "1")
+    assert done.returncode == 30, done.stderr[-3000:]
+    assert f"UnknownVersion: {MODEL} has no version 1 in the registry at sqlite:///{database}" in done.stderr
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before

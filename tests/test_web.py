@@ -34,7 +34,7 @@ from werkzeug.security import generate_password_hash
 
 from taxi import layout
 from taxi.registry import model_name
-from taxi.web.app import PUBLIC, create_app
+from taxi.web.app import create_app
 from taxi.web.auth import Throttle
 from taxi.web.runs import Runs
 from taxi.web.settings import HASH_ENV, Settings
@@ -315,15 +315,15 @@ def test_without_a_session_every_page_and_api_call_is_refused(site, tmp_path):
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
             answer = requests.request(method, site.url + probe_path(rule), allow_redirects=False, timeout=30)
             probed.append(rule.endpoint)
-            if rule.endpoint in PUBLIC:
+            if rule.endpoint == "login":  # the one page answered without a session: the form (a POST lacks its token)
+                assert answer.status_code in (200, 400), (method, answer.status_code)
                 continue
             if rule.rule.startswith("/api/"):
                 assert answer.status_code == 401 and answer.json() == {"error": "log in first"}, rule
             else:
                 assert answer.status_code == 302, (method, rule, answer.status_code)
                 assert answer.headers["Location"].startswith("/login"), rule
-    assert PUBLIC == {"login"} and len(set(probed)) >= 10
-    assert requests.get(f"{site.url}/login", timeout=30).status_code == 200
+    assert len(set(probed)) >= 10 and "login" in probed
 
 
 def test_a_form_without_its_csrf_token_is_refused(site):
@@ -338,6 +338,92 @@ def test_a_form_without_its_csrf_token_is_refused(site):
         assert forged.status_code == 400 and "CSRF token is invalid" in forged.text, path
     assert site.runs() == before
     assert client.get(site.url, allow_redirects=False).status_code == 200  # still logged in: logout was refused
+
+
+def test_logging_out_ends_the_session(site):
+    client = logged_in(site)
+    token = csrf_token(client.get(f"{site.url}/runs/new").text)
+    answer = client.post(f"{site.url}/logout", data={"csrf_token": token}, allow_redirects=False)
+    assert answer.status_code == 302 and answer.headers["Location"] == "/login"
+    assert client.get(f"{site.url}/runs/new", allow_redirects=False).headers["Location"].startswith("/login")
+    assert client.get(f"{site.url}/api/runs/20260101-000000-abcdef").status_code == 401
+
+
+def log_in_with_next(site: Site, target: str) -> str:
+    """Where the login sends a browser that came with `?next=target`."""
+    client = requests.Session()
+    token = csrf_token(client.get(f"{site.url}/login").text)
+    answer = client.post(f"{site.url}/login", params={"next": target}, data={"csrf_token": token,
+                                                                           "password": site.password},
+                         allow_redirects=False)
+    assert answer.status_code == 302, (target, answer.status_code)
+    return answer.headers["Location"]
+
+
+def test_login_follows_next_only_to_a_path_of_this_site(site):
+    """A page asked for without a session comes back after the login; any other site, however written (browsers
+    drop tabs and newlines, read a backslash as a slash), is replaced by the months page."""
+    asked = requests.get(f"{site.url}/runs/new?seed=7", allow_redirects=False).headers["Location"]
+    assert asked.startswith("/login?next=")
+    client = requests.Session()
+    token = csrf_token(client.get(site.url + asked).text)
+    back = client.post(site.url + asked, data={"csrf_token": token, "password": site.password}, allow_redirects=False)
+    assert back.headers["Location"] == "/runs/new?seed=7"
+    assert log_in_with_next(site, "/tasks/TrainModel_green_1_2021_7449fdcbb1") == \
+        "/tasks/TrainModel_green_1_2021_7449fdcbb1"
+    for elsewhere in ("https://evil.example/", "//evil.example/", "///evil.example/", "/\\evil.example/",
+                      "\\\\evil.example/", "/\t/evil.example/", "/\n/evil.example/", "\t//evil.example/",
+                      "https:evil.example", "javascript:alert(1)", "evil.example"):
+        assert log_in_with_next(site, elsewhere) == "/", elsewhere
+
+
+def test_a_task_id_luigi_would_not_make_is_refused_and_nothing_outside_the_logs_is_read(site):
+    """`.._x` would name the folder `logs/../.._x`, outside the task logs: an attempt planted there is never shown;
+    a task id as luigid makes them is answered (luigid and the store simply have no such task)."""
+    secret = secrets.token_hex(16)
+    planted = site.store / ".._x"
+    planted.mkdir(parents=True, exist_ok=True)
+    (planted / "a.json").write_text(json.dumps({"task_id": ".._x", "attempt": "a", "host": "h", "pid": 1,
+                                                "started": "2026-01-01T00:00:00+00:00", "finished": None,
+                                                "outcome": "running", "links": [], "error": None}))
+    (planted / "a.log").write_text(secret)
+    client = logged_in(site)
+    for bad in (".._x", "x.._y", ".._x.json"):
+        for page in (f"/tasks/{bad}", f"/api/tasks/{bad}"):
+            answer = client.get(site.url + page, allow_redirects=False)
+            assert answer.status_code == 404 and secret not in answer.text, page
+    good = "TrainModel_green_1_2020_0123456789"  # as luigid makes them, of a task no test runs
+    assert client.get(f"{site.url}/tasks/{good}").status_code == 200
+    assert client.get(f"{site.url}/api/tasks/{good}").json()["attempts"] == []
+
+
+def test_a_report_path_outside_the_reports_is_refused(site):
+    """Only a report or a plot of a run folder is served: not another file of a run folder, not a file outside the
+    store (the session key in the state folder beside it, through an encoded `..`)."""
+    folder = site.store / "runs" / "green" / "2020-01" / "v1-0123456789"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "booster.ubj").write_bytes(b"not a report")
+    (folder / layout.REPORT).write_text("# a report")
+    client = logged_in(site)
+    assert client.get(f"{site.url}/reports/runs/green/2020-01/v1-0123456789/{layout.REPORT}").status_code == 200
+    key = (site.state / "secret-key").read_bytes()
+    for path in ("runs/green/2020-01/v1-0123456789/booster.ubj", "%2E%2E/state/secret-key",
+                 "runs/green/2020-01/%2E%2E/%2E%2E/%2E%2E/%2E%2E/state/secret-key"):
+        answer = client.get(f"{site.url}/reports/{path}", allow_redirects=False)
+        assert answer.status_code == 404 and key not in answer.content and b"not a report" not in answer.content, path
+
+
+def test_every_answer_forbids_framing_and_caching_and_the_cookie_is_for_http_only(site):
+    login = requests.get(f"{site.url}/login", timeout=30)
+    client = logged_in(site)
+    for answer in (login, client.get(site.url), client.get(f"{site.url}/api/runs/20260101-000000-abcdef")):
+        assert answer.headers["X-Frame-Options"] == "DENY" and "frame-ancestors 'none'" in \
+            answer.headers["Content-Security-Policy"], answer.url
+        assert answer.headers["Cache-Control"] == "no-store" and answer.headers["X-Content-Type-Options"] == "nosniff"
+    [cookie] = client.cookies
+    assert cookie.name == "taxi_session" and cookie.has_nonstandard_attr("HttpOnly") and not cookie.secure
+    assert cookie.get_nonstandard_attr("SameSite") == "Lax"
+    assert 11.9 * 3600 < cookie.expires - dt.datetime.now().timestamp() <= 12 * 3600  # the session lasts 12 hours
 
 
 def test_a_wrong_password_is_refused(site):
@@ -368,6 +454,34 @@ def test_failed_logins_are_throttled_per_client_and_overall(tmp_path):
     assert attempt("10.0.0.2", password) == 302  # another client is not locked out by the first
     assert [attempt("10.0.0.2", "wrong"), attempt("10.0.0.3", "wrong")] == [401, 401]
     assert attempt("10.0.0.4", password) == 429  # 5 failures in all: everyone waits
+
+
+def test_forwarded_addresses_are_trusted_only_behind_the_tls_proxy(tmp_path):
+    """A client that names itself in X-Forwarded-For is the address it connects from, unless the page runs behind
+    the TLS proxy (--tls-proxy), which sets that header itself; then the session cookie is Secure too."""
+    password = "the right password"
+
+    def attempts(tls_proxy: bool) -> tuple[list[int], str]:
+        app = create_app(Settings(store=str(tmp_path), tracking_uri="", scheduler_url="http://127.0.0.1:9",
+                                  state=tmp_path / f"state-{tls_proxy}", password_hash=generate_password_hash(password),
+                                  client_failures=2, tls_proxy=tls_proxy))
+        codes, cookie = [], ""
+        for n, secret in enumerate(("wrong", "wrong", password)):
+            client = app.test_client()
+            client.environ_base["REMOTE_ADDR"] = "10.0.0.1"
+            headers = {"X-Forwarded-For": f"192.0.2.{n}", "X-Forwarded-Proto": "https",
+                       "Referer": "https://localhost/login"}  # Flask-WTF checks it on HTTPS
+            token = csrf_token(client.get("/login", headers=headers).text)
+            answer = client.post("/login", data={"csrf_token": token, "password": secret}, headers=headers)
+            codes.append(answer.status_code)
+            cookie = answer.headers.get("Set-Cookie", cookie)
+        return codes, cookie
+
+    direct, direct_cookie = attempts(tls_proxy=False)
+    assert direct == [401, 401, 429]  # one client, however it names itself
+    proxied, proxied_cookie = attempts(tls_proxy=True)
+    assert proxied == [401, 401, 302]  # three clients, as the proxy says
+    assert "; Secure" in proxied_cookie and "; Secure" not in direct_cookie
 
 
 def test_the_throttle_forgets_failures_after_its_window():

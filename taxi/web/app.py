@@ -33,6 +33,13 @@ READ_ERRORS = (MlflowException, tracking.TrackingUnavailable, storage.StoreUnrea
                storage.CorruptTarget, requests.RequestException)
 
 
+def is_local_path(target: str) -> bool:
+    """Whether a login's `next` is a path of this site: one leading slash and no backslash, space or control
+    character (browsers read a backslash as a slash and drop tabs and newlines, so `/\\t/host` is `//host`)."""
+    return (target.startswith("/") and not target.startswith("//") and "\\" not in target
+            and all(" " < char != "\x7f" for char in target))
+
+
 def create_app(settings: Settings, runs: Runs | None = None) -> Flask:
     app = Flask(__name__, static_folder=None)
     app.config.update(SECRET_KEY=secret_key(settings.state), SESSION_COOKIE_NAME="taxi_session",
@@ -82,8 +89,7 @@ def create_app(settings: Settings, runs: Runs | None = None) -> Flask:
         session["operator"] = True
         log.info("login from %s", client)
         target = request.args.get("next", "")
-        local = target.startswith("/") and not target.startswith("//") and "\\" not in target  # no other site
-        return redirect(target if local else url_for("months"))
+        return redirect(target if is_local_path(target) else url_for("months"))
 
     @app.post("/logout")
     def logout():

@@ -1,0 +1,1 @@
+"""Pure parts of taxi/web/, one test module per module."""
