@@ -12,7 +12,8 @@ import os
 import pickle
 import sys
 
-from bench.course import COURSE_ROUNDS, course_features, course_predict, course_read_dataframe, course_rmse, course_train
+from bench.course import (COURSE_ROUNDS, course_features, course_predict, course_read_dataframe, course_rmse,
+                          course_train)
 
 
 def main(train_path: str, valid_path: str, out_dir: str) -> None:

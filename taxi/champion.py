@@ -52,10 +52,12 @@ def register(color: str, month: str, trained: dict, evidence: Evidence, policy: 
     version, decision = registry.register(
         name, trained["run_id"], trained["model_uri"], evidence.gate_rmse,
         lambda uri: scoring.version_rmse(uri, evidence.gate),
-        lambda champion: promotion.decide(month, evidence.gate_rmse, champion, evidence.drifted(), policy, inputs),
+        lambda champion: promotion.decide(month, evidence.gate_rmse, champion, evidence.drifted(), policy,
+                                          inputs),
         policy.accepted())
-    return {"name": name, "version": version, "run_id": trained["run_id"], "model_uri": trained["model_uri"], "tracking_uri": trained["tracking_uri"],
-            "task_id": task_id, "month": month, "feature_set": feature_set, "inputs": list(inputs),
-            "val_rmse": trained["val_rmse"], "gate_rmse": evidence.gate_rmse, "gate_rows": len(evidence.gate),
-            **asdict(decision), **policy.accepted(), "reference_month": evidence.reference_month,
+    return {"name": name, "version": version, "run_id": trained["run_id"], "model_uri": trained["model_uri"],
+            "tracking_uri": trained["tracking_uri"], "task_id": task_id, "month": month,
+            "feature_set": feature_set, "inputs": list(inputs), "val_rmse": trained["val_rmse"],
+            "gate_rmse": evidence.gate_rmse, "gate_rows": len(evidence.gate), **asdict(decision),
+            **policy.accepted(), "reference_month": evidence.reference_month,
             "drift": [{**asdict(measure), "over": measure.over} for measure in evidence.drift]}

@@ -16,7 +16,7 @@ import requests
 import xgboost as xgb
 from mlflow.tracking import MlflowClient
 
-from taxi import data, features, layout, metrics, serving
+from taxi import data, features, layout, metrics
 from taxi.registry import model_name
 from tests.support.flaky_http import UNAVAILABLE, FlakyMirror
 from tests.support.luigi_process import LuigiProcess, private_lock

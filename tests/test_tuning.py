@@ -22,8 +22,9 @@ def test_trials_train_for_num_boost_round_rounds_on_fixed_subsamples_of_both_mon
     """Trials train on fixed subsamples of both months for `num_boost_round` rounds (early stopping, which would end
     them sooner, is test_each_trial_stops_early_right_after_its_best_round's: here it cannot cut in first)."""
     X_train, y_train, X_valid, y_valid = matrices
-    settings = tuning.TuningSettings(space="lossguide", max_evals=2, num_boost_round=8, early_stopping_rounds=8, no_progress_evals=5,
-                                     startup_evals=2, sample_rows=5_000, seed=3, nthread=2, prune_tolerance=0)
+    settings = tuning.TuningSettings(
+        space="lossguide", max_evals=2, num_boost_round=8, early_stopping_rounds=8, no_progress_evals=5,
+        startup_evals=2, sample_rows=5_000, seed=3, nthread=2, prune_tolerance=0)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     mlflow.set_experiment("tuning")  # an earlier test's active experiment is not in this database
     with mlflow.start_run() as parent:  # the course reference: its own test
@@ -63,8 +64,9 @@ def test_each_trial_stops_early_right_after_its_best_round(matrices, tmp_path):
     """On 1000 training rows 200 rounds overfit: a trial stops `early_stopping_rounds` after its best validation
     round, and reports that round and its RMSE, which retraining the same trial shows to be the curve's minimum."""
     X_train, y_train, X_valid, y_valid = matrices
-    settings = tuning.TuningSettings(space="lossguide", max_evals=3, num_boost_round=200, early_stopping_rounds=5, no_progress_evals=5,
-                                     startup_evals=3, sample_rows=1_000, seed=3, nthread=2, prune_tolerance=0)
+    settings = tuning.TuningSettings(
+        space="lossguide", max_evals=3, num_boost_round=200, early_stopping_rounds=5, no_progress_evals=5,
+        startup_evals=3, sample_rows=1_000, seed=3, nthread=2, prune_tolerance=0)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     mlflow.set_experiment("early-stopping")
     with mlflow.start_run() as parent:
@@ -114,8 +116,9 @@ def _curve(matrices, params: dict, rounds: int, rows: int, seed: int, booster_se
 def test_a_trial_behind_the_best_finished_trial_is_pruned_at_the_first_round_it_falls_behind(matrices, tmp_path):
     """Pruned trials stop at the first round (from prune_after_rounds on) where they are more than the tolerance
     behind the best finished trial before them, are tagged pruned, and never become the best; the others run on."""
-    settings = tuning.TuningSettings(space="lossguide", max_evals=5, num_boost_round=30, early_stopping_rounds=30, no_progress_evals=5,
-                                     startup_evals=5, sample_rows=3_000, seed=4, nthread=2, prune_tolerance=0.01,
+    settings = tuning.TuningSettings(
+        space="lossguide", max_evals=5, num_boost_round=30, early_stopping_rounds=30, no_progress_evals=5,
+        startup_evals=5, sample_rows=3_000, seed=4, nthread=2, prune_tolerance=0.01,
                                      prune_after_rounds=5)
     best, runs = _search(matrices, tmp_path, settings)
     history = best["history"]
@@ -147,8 +150,9 @@ def test_the_warm_start_is_the_first_trial_and_the_search_goes_on_from_it(matric
     point = tuning.warm_start_point("lossguide", champion_run_params)
     assert point == {"max_leaves": 97, "learning_rate": 0.33, "min_child_weight": 1.5, "reg_alpha": 0.02,
                      "reg_lambda": 0.04}
-    settings = tuning.TuningSettings(space="lossguide", max_evals=3, num_boost_round=20, early_stopping_rounds=5, no_progress_evals=5,
-                                     startup_evals=3, sample_rows=2_000, seed=5, nthread=2, prune_tolerance=0)
+    settings = tuning.TuningSettings(
+        space="lossguide", max_evals=3, num_boost_round=20, early_stopping_rounds=5, no_progress_evals=5,
+        startup_evals=3, sample_rows=2_000, seed=5, nthread=2, prune_tolerance=0)
     best, runs = _search(matrices, tmp_path, settings, warm_start=point)
     first = best["history"][0]
     assert first["warm_start"] and first["params"] == {"grow_policy": "lossguide", "max_depth": 0, **point}
@@ -169,8 +173,9 @@ def test_a_champion_from_another_space_gives_no_warm_start():
 def test_no_trial_repeats_a_point_the_warm_start_included(matrices, tmp_path):
     """The bug it guards: a month's search warm-started from the champion, whose parameters were the first random
     point of a search with the same seed, tried that point twice. A search's points are all new."""
-    settings = tuning.TuningSettings(space="lossguide", max_evals=1, num_boost_round=3, early_stopping_rounds=3,
-                                     no_progress_evals=5, startup_evals=3, sample_rows=1_000, seed=7, nthread=2,
+    settings = tuning.TuningSettings(
+        space="lossguide", max_evals=1, num_boost_round=3, early_stopping_rounds=3,
+        no_progress_evals=5, startup_evals=3, sample_rows=1_000, seed=7, nthread=2,
                                      prune_tolerance=0)
     (tmp_path / "first").mkdir(), (tmp_path / "again").mkdir()
     first, _ = _search(matrices, tmp_path / "first", settings)
@@ -181,14 +186,3 @@ def test_no_trial_repeats_a_point_the_warm_start_included(matrices, tmp_path):
     keys = [tuning.point_key({k: v for k, v in t["params"].items() if k in point}) for t in best["history"]]
     assert len(keys) == 3 and keys[0] == tuning.point_key(point)
     assert len(set(keys)) == len(keys), best["history"]
-
-
-def test_the_search_seed_follows_the_month_and_only_the_month():
-    seeds = {month: tuning.month_seed(42, month) for month in ("2021-01", "2021-02", "2023-01")}
-    assert len(set(seeds.values())) == 3 and tuning.month_seed(42, "2021-01") == seeds["2021-01"]
-    assert tuning.month_seed(43, "2021-01") != seeds["2021-01"]
-    # the task's search uses it, and records it for the final training
-    from taxi import tasks
-
-    assert tasks.TuneHyperparams(year=2021, month=2).settings().seed == seeds["2021-02"]
-    assert tasks.TuneHyperparams(year=2023, month=1, seed=43).settings().seed == tuning.month_seed(43, "2023-01")
