@@ -236,7 +236,7 @@ def test_a_run_from_the_page_goes_through_luigid_to_done(browser_run, site):
     assert {status_ for _, status_ in browser_run.task_rows} == {"DONE"}
     tune = next(task for task in done.values() if task["name"] == "TuneHyperparams")
     assert tune["params"]["seed"] == "7" and tune["params"]["max_evals"] == SMALL_TUNING["max_evals"]
-    assert tune["params"]["course_reference"] == "False"  # the profile's, kept by the form
+    assert tune["params"]["num_boost_round"] == SMALL_TUNING["num_boost_round"]  # the profile's, kept by the form
     assert run["task_id"] in done
     assert len(history_events(site, "RegisterModel", "DONE")) >= 1  # in luigid's task history like any run
     registration = json.loads(one_file(site.store, layout.RUN, color="green", ym="2021-01",

@@ -1,12 +1,12 @@
 """The run form checked against the pipeline's own task parameters, in a process of its own (the web process never
-imports the pipeline): `python -m taxi.web.plan describe` prints the form's tuning fields as JSON;
+imports the pipeline): `python -m taxi.web.plan describe` prints the form's model fields as JSON;
 `python -m taxi.web.plan check` reads a submitted form as JSON on stdin and prints either {"errors": {field:
 message}} or the run: the `luigi` arguments, the root task's id and a title.
 
-A form is {"color": ..., "first": "YYYY-MM", "last": "YYYY-MM" or "", "tuning": {TuneHyperparams parameter:
-value}}. One month runs `RegisterModel` (the README's command); a range runs `RangeMonthly` over `RegisterMonth`
-(scripts/backfill's command). Tuning values that differ from the configured ones become `--TuneHyperparams-...`
-arguments, one value per argument.
+A form is {"color": ..., "first": "YYYY-MM", "last": "YYYY-MM" or "", "tuning": {parameter: value}}, the parameters
+BuildFeatures' feature set and TuneHyperparams' own. One month runs `RegisterModel` (the README's command); a range
+runs `RangeMonthly` over `RegisterMonth` (scripts/backfill's command). Values that differ from the configured ones
+become `--BuildFeatures-...` and `--TuneHyperparams-...` arguments, one value per argument.
 """
 
 from __future__ import annotations
@@ -27,9 +27,20 @@ KINDS = ((luigi.BoolParameter, "bool"), (luigi.ChoiceParameter, "choice"), (luig
 EXPECTED = {"bool": "true or false", "int": "a whole number", "float": "a number", "choice": "one of the choices"}
 
 
+FEATURE_PARAMS = ("feature_set",)  # what the form offers of BuildFeatures
+
+
 def tuning_params() -> dict[str, luigi.Parameter]:
-    """TuneHyperparams' own parameters, less the month ones, by name."""
-    return {name: param for name, param in tasks.TuneHyperparams.get_params() if name not in MONTH_PARAMS}
+    """The form's model settings by name: BuildFeatures' feature set, then TuneHyperparams' own parameters, less the
+    month ones."""
+    features = {name: param for name, param in tasks.BuildFeatures.get_params() if name in FEATURE_PARAMS}
+    return {**features, **{name: param for name, param in tasks.TuneHyperparams.get_params()
+                           if name not in MONTH_PARAMS}}
+
+
+def family_of(name: str) -> type[luigi.Task]:
+    """The task whose parameter a form field is."""
+    return tasks.BuildFeatures if name in FEATURE_PARAMS else tasks.TuneHyperparams
 
 
 def kind(param: luigi.Parameter) -> str:
@@ -44,12 +55,13 @@ def choices(param: luigi.Parameter) -> list[str] | None:
 
 
 def configured(name: str, param: luigi.Parameter) -> str:
-    """The value a run gets without an override: luigi.cfg's [TuneHyperparams] or the code's default."""
-    return param.serialize(param.task_value(tasks.TuneHyperparams.get_task_family(), name))
+    """The value a run gets without an override: luigi.cfg's [BuildFeatures] or [TuneHyperparams], or the code's
+    default."""
+    return param.serialize(param.task_value(family_of(name).get_task_family(), name))
 
 
 def describe() -> dict:
-    """The form's colors and tuning fields (name, kind, configured value, description, choices)."""
+    """The form's colors and model fields (name, kind, configured value, description, choices)."""
     fields = [{"name": name, "kind": kind(param), "default": configured(name, param),
                "description": param.description or "",
                "choices": choices(param)}
@@ -81,13 +93,13 @@ def check_months(form: dict, errors: dict[str, str]) -> list[dt.date]:
 
 
 def check_tuning(form: dict, month: dt.date | None, errors: dict[str, str]) -> dict[str, str]:
-    """The tuning values that differ from the configured ones, each parsed by its parameter and, for a valid
-    month, checked by TuneHyperparams itself."""
+    """The model values that differ from the configured ones, each parsed by its parameter and, for a valid month,
+    checked by its task itself."""
     params, overrides = tuning_params(), {}
     for name, raw in dict(form.get("tuning") or {}).items():
         param, raw = params.get(name), str(raw).strip()
         if param is None:
-            errors[name] = f"{name} is not a TuneHyperparams parameter"
+            errors[name] = f"{name} is not a parameter the form offers"
             continue
         try:
             value = param.normalize(param.parse(raw))
@@ -99,7 +111,7 @@ def check_tuning(form: dict, month: dt.date | None, errors: dict[str, str]) -> d
             continue
         if month is not None:
             try:
-                tasks.TuneHyperparams(color=form["color"], year=month.year, month=month.month, **{name: value})
+                family_of(name)(color=form["color"], year=month.year, month=month.month, **{name: value})
             except ValueError as exc:
                 errors[name] = str(exc)
                 continue
@@ -119,7 +131,7 @@ def luigi_args(color: str, months: list[dt.date], overrides: dict[str, str], now
                 "--param-name", "month", "--start", f"{first:%Y-%m}", "--stop", f"{stop:%Y-%m}",
                 "--months-back", str(back), "--now", str(int(now.timestamp()))]
     for name, value in overrides.items():
-        args += [f"--TuneHyperparams-{name.replace('_', '-')}", value]
+        args += [f"--{family_of(name).get_task_family()}-{name.replace('_', '-')}", value]
     return ["--module", "taxi.tasks", *args]
 
 

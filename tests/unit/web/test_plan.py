@@ -21,3 +21,8 @@ def test_a_range_runs_range_monthly_up_to_the_month_after_the_last_reaching_back
     assert args[2:] == ["RangeMonthly", "--of", "RegisterMonth", "--of-params", json.dumps({"color": "yellow"}),
                         "--param-name", "month", "--start", "2024-11", "--stop", "2026-01",
                         "--months-back", str(12 * 2 + 1), "--now", str(int(NOW.timestamp()))]
+
+
+def test_the_feature_set_is_an_argument_of_build_features():
+    args = luigi_args("green", [dt.date(2021, 1, 1)], {"feature_set": "course", "seed": "7"}, NOW)
+    assert args[-4:] == ["--BuildFeatures-feature-set", "course", "--TuneHyperparams-seed", "7"]
