@@ -68,17 +68,23 @@ def typed(params: dict) -> dict:
     return {k: int(float(v)) if k in INT_PARAMS else v if k == "grow_policy" else float(v) for k, v in params.items()}
 
 
-def warm_start(space: str, champion: tuple[int, dict] | None, enabled: bool = True) -> dict:
+def warm_start(space: str, champion: tuple[int, dict] | None, enabled: bool = True,
+               feature_set: str = "clock") -> dict:
     """What a search starts from, given the champion's (version, logged parameters) or None: {"version", "point",
-    "note"}, the point None (and the version None) for a cold start."""
+    "note"}, the point None (and the version None) for a cold start. A champion of another feature set (its
+    `feature_set` param; "course" before it was logged) or another space gives a cold start."""
     version, point = None, None
     if champion is None:
         note = "cold start: " + ("no champion" if enabled else "warm start off")
     else:
         version, params = champion
-        point = warm_start_point(space, params)
-        note = (f"warm start: champion v{version}'s parameters" if point else
-                f"cold start: champion v{version}'s parameters are not in the {space} space")
+        trained_on = params.get("feature_set", "course")
+        if trained_on != feature_set:
+            note = f"cold start: champion v{version} was trained on the {trained_on} feature set, not {feature_set}"
+        else:
+            point = warm_start_point(space, params)
+            note = (f"warm start: champion v{version}'s parameters" if point else
+                    f"cold start: champion v{version}'s parameters are not in the {space} space")
     return {"version": version if point else None, "point": point, "note": note}
 
 

@@ -11,7 +11,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from bench.course import course_features, course_read_dataframe
-from taxi import config, data, metrics, serving, storage, tasks, tracking
+from taxi import config, data, features, metrics, serving, storage, tasks, tracking, training
+from taxi.config import TaxiConfig
 
 
 def build(task) -> luigi.execution_summary.LuigiRunResult:
@@ -71,9 +72,25 @@ def test_truncated_cached_parquet_is_not_complete_and_is_rebuilt(luigi_config):
     assert open(path, "rb").read() == whole
 
 
+def test_build_features_by_default_gives_the_clock_set_of_the_course_s_rows(luigi_config, tlc_dir):
+    """The default feature set reaches BuildFeatures: each training trip's zone-pair and zone codes (positions among
+    the month's sorted values), distance, pickup hour and weekday, computed here from the course's own rows."""
+    task = tasks.BuildFeatures(year=2021, month=1)
+    build(task)
+    encoder, X_train, y_train, _, _ = tasks.load_features(task.output())
+    train = course_read_dataframe(str(tlc_dir / "green_tripdata_2021-01.parquet"))
+    expected = [np.searchsorted(np.sort(train[c].unique()), train[c]) for c in ("PU_DO", "PULocationID",
+                                                                                 "DOLocationID")]
+    expected += [train["trip_distance"], train["lpep_pickup_datetime"].dt.hour,
+                 train["lpep_pickup_datetime"].dt.weekday]
+    np.testing.assert_array_equal(X_train, np.column_stack(expected).astype(np.float32))
+    np.testing.assert_array_equal(y_train, train["duration"].to_numpy())
+    assert features.feature_types(encoder) == ["c", "c", "c", "q", "q", "q"]
+
+
 def test_build_features_matches_dictvectorizer_on_the_selection_rows(luigi_config, tlc_dir):
     """The course's matrices, the validation month's restricted to its selection rows (the gate rows are left out)."""
-    task = tasks.BuildFeatures(year=2021, month=1)
+    task = tasks.BuildFeatures(year=2021, month=1, feature_set="course")
     build(task)
     vectorizer, X_train, y_train, X_valid, y_valid = tasks.load_features(task.output())
     train = course_read_dataframe(str(tlc_dir / "green_tripdata_2021-01.parquet"))
@@ -97,6 +114,12 @@ def test_tune_hyperparams_logs_each_trial_and_is_deterministic(luigi_config, tmp
     parent = [r for r in runs if r.data.tags.get("taxi.stage") == "tuning"]
     trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
     assert len(parent) == 1 and len(trials) == 2
+    # the best trial retrained here for its best rounds (a green month fits the trial samples whole) scores the
+    # recorded RMSE on the selection rows, and it is the lowest of the trials MLflow holds
+    encoder, X_train, y_train, X_valid, y_valid = tasks.load_features(task.input())
+    booster = training.train_booster(X_train, y_train, best["params"], best["num_boost_round"], best["seed"],
+                                     TaxiConfig().nthread, features.feature_types(encoder))
+    assert metrics.rmse(y_valid, booster.inplace_predict(X_valid)) == pytest.approx(best["val_rmse"], rel=1e-5)
     assert min(r.data.metrics["val_rmse"] for r in trials) == pytest.approx(best["val_rmse"])
     assert all("max_depth" in r.data.params for r in trials)
     # same seed, same settings: a fresh store gives the same answer

@@ -76,7 +76,7 @@ class TuneHyperparams(TrainingTask):
         encoder, X_train, y_train, X_valid, y_valid = load_features(self.input())
         self.connect_tracking()
         champion = registry.champion_params(registry.model_name(self.color)) if self.warm_start else None
-        warm = tuning.warm_start(self.search_space, champion, self.warm_start)
+        warm = tuning.warm_start(self.search_space, champion, self.warm_start, self.requires().feature_set)
         log.info("tuning %s %s: %s", self.color, self.ym, warm["note"])
         with self.mlflow_run("tuning"):
             mlflow.log_params({**vars(self.settings()), "warm_start_version": warm["version"]})

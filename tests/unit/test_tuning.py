@@ -22,3 +22,15 @@ def test_points_compare_by_their_typed_values_whatever_hyperopt_or_mlflow_made_o
     assert tuning.point_key(vals) == tuning.point_key(point)
     assert tuning.point_key({**point, "learning_rate": 0.30000000000000004}) != tuning.point_key(point)
     assert tuning.point_key({**vals, "max_leaves": [67.0]}) != tuning.point_key(point)
+
+
+def test_a_champion_of_another_feature_set_gives_a_cold_start():
+    """The champion's parameters are a good first trial only for the features it was trained on."""
+    params = {"grow_policy": "lossguide", "max_depth": "0", "max_leaves": "30", "learning_rate": "0.23",
+              "min_child_weight": "38.4", "reg_alpha": "0.02", "reg_lambda": "0.02"}
+    warm = tuning.warm_start("categorical", (3, {**params, "feature_set": "clock"}), feature_set="clock")
+    assert warm["version"] == 3 and warm["point"]["max_leaves"] == 30
+    for champion in ({**params, "feature_set": "course"}, params):  # logged before the feature set was
+        cold = tuning.warm_start("categorical", (3, champion), feature_set="clock")
+        assert (cold["version"], cold["point"]) == (None, None)
+        assert cold["note"] == "cold start: champion v3 was trained on the course feature set, not clock"
