@@ -23,6 +23,7 @@ from taxi.columns import DISTANCE, DO, PICKUP, PU, PU_DO
 ZONE_INPUTS = (PU, DO, DISTANCE)  # what a user gives a course model; a clock model also takes the pickup time
 EXAMPLE_TRIP = {PU: 43, DO: 151, DISTANCE: 1.01}
 EXAMPLE_PICKUP = "2021-01-01 00:15:56"  # an ISO string; a timestamp is taken as well
+TLC_TIMEZONE = "America/New_York"  # the TLC's times are this zone's wall-clock times, without an offset
 Encoder = DictVectorizer | features.ClockEncoder
 
 
@@ -64,18 +65,23 @@ def prepare_raw(trips: pd.DataFrame, encoder: Encoder) -> pd.DataFrame:
     pu, do = zones.zone_str(trips[PU]), zones.zone_str(trips[DO])
     prepared = pd.DataFrame({PU_DO: zones.pu_do(pu, do), PU: pu, DO: do,
                              DISTANCE: trips[DISTANCE].astype("float64")})
-    if len(wanted) > len(ZONE_INPUTS):
-        prepared[PICKUP] = pickup_times(trips[wanted[-1]]).to_numpy()
+    pickup = getattr(encoder, "pickup", None)
+    if pickup:
+        prepared[PICKUP] = pickup_times(trips[pickup]).to_numpy()
     return prepared
 
 
 def pickup_times(values: pd.Series) -> pd.Series:
     """Pickup times from timestamps or ISO strings, as New York's wall-clock time (the TLC's): a value that is
     missing or not a time is a ValueError naming the column and the first such row."""
-    times = pd.to_datetime(values, errors="coerce", format="mixed") if not pd.api.types.is_datetime64_any_dtype(
-        values) else values
+    times = values
+    if not pd.api.types.is_datetime64_any_dtype(times):
+        try:
+            times = pd.to_datetime(values, errors="coerce", format="mixed")
+        except ValueError:  # times with and without an offset in one column: one at a time
+            times = pd.to_datetime(values.map(_wall_clock))
     if isinstance(times.dtype, pd.DatetimeTZDtype):
-        times = times.dt.tz_convert("America/New_York").dt.tz_localize(None)
+        times = times.dt.tz_convert(TLC_TIMEZONE).dt.tz_localize(None)
     bad = times.isna().to_numpy()
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
@@ -83,6 +89,12 @@ def pickup_times(values: pd.Series) -> pd.Series:
                          f"position {row} ({values.iloc[row]!r}): give a timestamp or an ISO string such as "
                          f"{EXAMPLE_PICKUP!r}")
     return times
+
+
+def _wall_clock(value) -> pd.Timestamp:
+    """One time as New York's wall-clock time, without a zone; NaT for what is not a time."""
+    time = pd.to_datetime(value, errors="coerce")
+    return time.tz_convert(TLC_TIMEZONE).tz_localize(None) if not pd.isna(time) and time.tzinfo else time
 
 
 def predict(booster: xgb.Booster, X: features.Matrix) -> np.ndarray:
