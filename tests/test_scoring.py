@@ -85,7 +85,7 @@ class Scored:
         """The version's RMSE on its validation month's gate rows, recomputed here with its pyfunc."""
         valid = self.cleaned(valid_month)
         gate = valid[data.gate_rows(valid, GATE_SHARE)]
-        return float(np.sqrt(np.mean((gate["duration"].to_numpy() - self.pyfunc(version).predict(gate)) ** 2)))
+        return float(np.sqrt(np.mean((gate["duration"].to_numpy() - self.pyfunc(version).predict(raw_rows(gate))) ** 2)))
 
 
 def shifted_month(source: Path, dest: Path, month: int = 3) -> None:
@@ -228,7 +228,7 @@ def test_scoring_uses_the_champion_even_when_a_newer_version_is_not_champion(sco
     assert not scored.scores("2021-01", 2, layout.LIVE).parent.exists()
     predicted = pd.read_parquet(scored.scores("2021-01", 1, layout.PREDICTIONS))
     np.testing.assert_array_equal(predicted["predicted_duration"].to_numpy(),
-                                  scored.pyfunc(1).predict(scored.cleaned("2021-01")).astype(np.float64))
+                                  scored.pyfunc(1).predict(raw_rows(scored.cleaned("2021-01"))).astype(np.float64))
 
 
 def test_a_rerun_is_a_no_op(scored):
@@ -491,7 +491,7 @@ def test_the_alert_share_a_scoring_is_given_is_the_one_applied(scored):
                      "--model-version", "1", "--alert-share", "50")
     assert done.returncode == 0, done.stderr[-3000:]
     cleaned = scored.cleaned("2021-06")
-    live_rmse = float(np.sqrt(np.mean((cleaned["duration"] - scored.pyfunc(1).predict(cleaned)) ** 2)))
+    live_rmse = float(np.sqrt(np.mean((cleaned["duration"] - scored.pyfunc(1).predict(raw_rows(cleaned))) ** 2)))
     assert live_rmse > (1 + ALERT_SHARE) * scored.gate_rmse(1, "2021-02")  # the default share would alert
     live = json.loads(scored.scores("2021-06", 1, layout.LIVE).read_text())
     assert (live["alert"], live["alert_share"]) == (False, 50)

@@ -58,8 +58,8 @@ def services(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, sampled_tlc, services) -> Trained:
-    """2021-01 registered (champion), then 2023-01 (held: its data drifted from 2021-01's), then an operator made
-    2023-01 champion by hand; against luigid, a month missing from the mirror failed once, and another one twice
+    """2021-01 registered (champion), then 2023-01 (challenger: its shuffled distances make it worse than 2021-01's
+    model on 2023-02's gate rows), then an operator made 2023-01 champion by hand; against luigid, a month missing from the mirror failed once, and another one twice
     (so it is disabled)."""
     mlflow, luigid = services
     workdir = tmp_path_factory.mktemp("status")
@@ -111,7 +111,7 @@ def test_table_shows_each_trained_month_with_its_alias_now_and_its_decision_then
     shown = status(with_scheduler(trained.workdir / "shown.cfg", trained.sections, trained.luigid.url))
     assert shown.returncode == 0, shown.stderr[-3000:]
     client = MlflowClient(trained.mlflow.url)
-    aliases = client.get_registered_model(MODEL).aliases  # alias -> version: v2, held for drift, is champion now
+    aliases = client.get_registered_model(MODEL).aliases  # alias -> version: v2, a challenger, is champion now
     rows = table(shown.stdout)
     assert rows == [{"month": month, "version": f"v{r['version']}",
                      "alias now": next((a for a in ("champion", "challenger") if aliases.get(a) == str(r["version"])),
@@ -122,7 +122,7 @@ def test_table_shows_each_trained_month_with_its_alias_now_and_its_decision_then
                     for month, r in sorted(trained.registrations.items())]
     # the operator's promotion: neither row's alias now is the decision made when it was registered
     assert [(row["month"], row["alias now"], row["decision"]) for row in rows] == [
-        ("2021-01", "none", "champion"), ("2023-01", "champion", "held")]
+        ("2021-01", "none", "champion"), ("2023-01", "champion", "challenger")]
     assert all(Path(row["report"]).is_file() for row in rows)
     assert f"{model_name('yellow')}: no trained month in {trained.workdir / 'store'}" in shown.stdout
 

@@ -519,7 +519,7 @@ def test_each_bad_value_gets_its_own_error_and_nothing_starts(site):
     next_month = dt.date(today.year + today.month // 12, today.month % 12 + 1, 1)
     for message in (f"validation month {next_month:%Y-%m} (the month after {today:%Y-%m}) is not over yet, so it has "
                     f"no data: train on an earlier month", "tuning setting max_evals must be at least 1, got 0",
-                    "&#39;nowhere&#39; is not one of the choices: course, lossguide"):
+                    "&#39;nowhere&#39; is not one of the choices: categorical, course, lossguide"):
         assert message in answer.text
     ranged = submit(client, site, color="yellow", first="2021-03", last="2021-01", prune_tolerance="-1")
     assert "the last month 2021-01 is before the first 2021-03" in ranged.text
