@@ -1,4 +1,5 @@
-"""Benchmark of whole `luigi --module taxi.tasks RegisterModel` runs: the default tuning and the old one side by side.
+"""Benchmark of whole `luigi --module taxi.tasks RegisterModel` runs: the defaults and the pipeline before (the
+course's features and space) side by side, or, with --versus-course, the defaults against the course's script.
 
     scripts/bench-register --real --repeat 3        # green 2021-01 -> 2021-02
     scripts/bench-register --rows 3000000            # synthetic months
@@ -60,17 +61,20 @@ def run_luigi(workdir: Path, config: Path, log_name: str,
 # The tuning before issue 11: the course's space, 10 trials on 500,000-row samples, no pruning, no warm start.
 OLD_TUNING = {"search_space": "course", "max_evals": "10", "no_progress_evals": "5", "startup_evals": "5",
               "sample_rows": "500000", "prune_tolerance": "0", "warm_start": "false"}
-TUNINGS = {"new": {}, "old": OLD_TUNING}
+# The sides compared, as luigi.cfg sections: the defaults, and the pipeline before issue 11 (and issue 24's
+# features): the course's feature set and its space.
+SIDES = {"new": {}, "old": {"BuildFeatures": {"feature_set": "course"}, "TuneHyperparams": OLD_TUNING}}
 
 
-def write_config(workdir: Path, source_dir: Path, tuning: dict[str, str]) -> Path:
+def write_config(workdir: Path, source_dir: Path, sections: dict[str, dict[str, str]]) -> Path:
     """The shipped luigi.cfg in the scratch folder, plus an override that points it at the months and scratch stores
-    and sets the tuning compared."""
+    and sets the side's sections."""
     shutil.copyfile(speed.ROOT / "luigi.cfg", workdir / "luigi.cfg")
     lines = ["[taxi]", f"source = {source_dir}", f"store = {workdir / 'store'}",
              "[mlflow]", f"tracking_uri = sqlite:///{workdir / 'mlflow.db'}",
-             f"artifact_location = {workdir / 'mlartifacts'}", "[TuneHyperparams]"]
-    lines += [f"{key} = {value}" for key, value in tuning.items()]
+             f"artifact_location = {workdir / 'mlartifacts'}"]
+    for section, values in sections.items():
+        lines += [f"[{section}]", *(f"{key} = {value}" for key, value in values.items())]
     config = workdir / "bench.cfg"
     config.write_text("\n".join(lines) + "\n")
     return config
@@ -84,20 +88,27 @@ def finished_run(workdir: Path, config: Path, month: tuple[int, int] = TRAIN_MON
 
 
 def course_params_rmse(run: tasks.RegisterModel, rounds: int) -> tuple[float, float]:
-    """Validation RMSE of the course's fixed parameters on the run's own feature matrices; (RMSE, seconds)."""
-    from taxi import metrics, serving, training
+    """Validation RMSE of the course's model (its features and fixed parameters) trained on the run's cleaned training
+    month, on the run's selection rows; (RMSE, seconds)."""
+    from taxi import data, features, metrics, serving, storage, training
 
-    _, X_train, y_train, X_valid, y_valid = tasks.load_features(run.input()["features"])
+    clean = run.input()["clean"]
+    train, valid = (storage.read_parquet(clean[key]["data"]) for key in ("train", "valid"))
+    selection = valid[~data.gate_rows(valid, run.requires()["features"].gate_share)]
+    vectorizer = features.fit_vectorizer(train)
     started = time.perf_counter()
-    booster = training.train_booster(X_train, y_train, COURSE_PARAMS, rounds, COURSE_SEED, os.cpu_count() or 1)
-    return metrics.rmse(y_valid, serving.predict(booster, X_valid)), time.perf_counter() - started
+    booster = training.train_booster(features.transform(vectorizer, train), features.target(train), COURSE_PARAMS,
+                                     rounds, COURSE_SEED, os.cpu_count() or 1)
+    seconds = time.perf_counter() - started
+    return metrics.rmse(features.target(selection), serving.predict(booster, features.transform(vectorizer,
+                                                                                                selection))), seconds
 
 
-def timed_run(workdir: Path, source_dir: Path, tuning: dict[str, str], rerun: bool) -> dict:
+def timed_run(workdir: Path, source_dir: Path, sections: dict[str, dict[str, str]], rerun: bool) -> dict:
     """One whole RegisterModel run on a fresh store and MLflow database (and, with `rerun`, the same command again,
     which must run nothing); its figures."""
     workdir.mkdir(parents=True)
-    config = write_config(workdir, source_dir, tuning)
+    config = write_config(workdir, source_dir, sections)
     total, rss = run_luigi(workdir, config, "run.log")
     figures = {"total_seconds": round(total, 1), "peak_rss_mb": round(rss)}
     if rerun:
@@ -161,7 +172,7 @@ def table(rows: int, sides: dict[str, dict], course: tuple[float, float], course
     row("peak RSS", lambda s: f"{s['peak_rss_mb']:,.0f} MB")
     row("validation RMSE", lambda s: f"{s['val_rmse']:.4f}")
     row("runs", lambda s: ", ".join(f"{t:.0f}" for t in s["total_seconds_each"]) + " s")
-    lines.append(f"| course params ({course_rounds} rounds, all rows): validation RMSE | {course[0]:.4f} |")
+    lines.append(f"| the course's model ({course_rounds} rounds, its features): validation RMSE | {course[0]:.4f} |")
     return "\n".join(lines)
 
 
@@ -315,8 +326,11 @@ def main(argv: list[str] | None = None) -> None:
             runs = []
             for i in range(args.repeat):
                 log.info("RegisterModel on %d rows per month, %s tuning, run %d of %d", rows, name, i + 1, args.repeat)
-                tuning = {**TUNINGS[name], **({"max_evals": str(args.max_evals)} if args.max_evals else {})}
-                runs.append(timed_run(workdir / f"{name}-{i}", train_path.parent, tuning, rerun=i == 0))
+                side = SIDES[name]
+                tuning = {**side.get("TuneHyperparams", {}), **({"max_evals": str(args.max_evals)}
+                                                                 if args.max_evals else {})}
+                sections = {**side, "TuneHyperparams": tuning}
+                runs.append(timed_run(workdir / f"{name}-{i}", train_path.parent, sections, rerun=i == 0))
             sides[name] = median_of(runs)
         log.info("the course's fixed parameters on the same features")
         first = workdir / f"{names[0]}-0"

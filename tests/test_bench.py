@@ -11,7 +11,7 @@ import pytest
 import xgboost as xgb
 
 from bench import course
-from taxi import features, layout, metrics
+from taxi import data, features, layout, metrics
 from taxi.registry import model_name
 from tests.support.paths import ROOT
 from tests.support.store import one_file, run_file, raw_rows
@@ -98,13 +98,14 @@ def test_bench_register_times_the_new_and_the_old_tuning_and_a_rerun_that_does_n
         k: summary["sides"]["new"][k] for k in ("tune_seconds", "total_seconds", "val_rmse", "peak_rss_mb")}
     assert "ran successfully" in (workdir / "new-0" / "run.log").read_text()
     assert "ran successfully" not in (workdir / "new-0" / "rerun.log").read_text()
-    # the course's fixed parameters trained here by the course's own code on the run's feature matrices
-    matrices = {name: features.load_matrix(str(one_file(workdir / "new-0" / "store", layout.FEATURES, color="green",
-                                                             ym="2021-01", name=name)))
-                for name in ("train.npz", "valid.npz")}
-    (X_train, y_train), (X_valid, y_valid) = matrices["train.npz"], matrices["valid.npz"]
-    booster = course.course_train(X_train, y_train, rounds=5)
-    rmse = course.course_rmse(y_valid, course.course_predict(booster, X_valid))
+    # the course's model trained here by the course's own code on the run's cleaned training month, scored on the
+    # validation month's selection rows
+    train, valid = (pd.read_parquet(one_file(workdir / "new-0" / "store", layout.CLEAN, color="green", ym=ym))
+                    for ym in ("2021-01", "2021-02"))
+    selection = valid[~data.gate_rows(valid, 0.5)]
+    _, X_train, X_selection = course.course_features(train, selection)
+    booster = course.course_train(X_train, train["duration"].to_numpy(), rounds=5)
+    rmse = course.course_rmse(selection["duration"].to_numpy(), course.course_predict(booster, X_selection))
     assert summary["course_params_val_rmse"] == pytest.approx(rmse, rel=1e-4)
     new, old = summary["sides"]["new"], summary["sides"]["old"]
     assert summary["goals"] == {  # each verdict follows the figures

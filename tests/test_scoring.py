@@ -85,7 +85,8 @@ class Scored:
         """The version's RMSE on its validation month's gate rows, recomputed here with its pyfunc."""
         valid = self.cleaned(valid_month)
         gate = valid[data.gate_rows(valid, GATE_SHARE)]
-        return float(np.sqrt(np.mean((gate["duration"].to_numpy() - self.pyfunc(version).predict(raw_rows(gate))) ** 2)))
+        predicted = self.pyfunc(version).predict(raw_rows(gate))
+        return float(np.sqrt(np.mean((gate["duration"].to_numpy() - predicted) ** 2)))
 
 
 def shifted_month(source: Path, dest: Path, month: int = 3) -> None:

@@ -59,8 +59,8 @@ def services(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, sampled_tlc, services) -> Trained:
     """2021-01 registered (champion), then 2023-01 (challenger: its shuffled distances make it worse than 2021-01's
-    model on 2023-02's gate rows), then an operator made 2023-01 champion by hand; against luigid, a month missing from the mirror failed once, and another one twice
-    (so it is disabled)."""
+    model on 2023-02's gate rows), then an operator made 2023-01 champion by hand; against luigid, a month missing from
+    the mirror failed once, and another one twice (so it is disabled)."""
     mlflow, luigid = services
     workdir = tmp_path_factory.mktemp("status")
     sections = {"taxi": {"source": str(sampled_tlc), "store": str(workdir / "store"), "threads": "1"},
