@@ -2,12 +2,12 @@
 
     scripts/bench-cluster --months 4 --rows 76518
 
-Starts the cluster of tests/test_cluster.py on this machine (tests/support/cluster.py: PostgreSQL, SeaweedFS,
-luigid with config/luigid-cluster.cfg and an MLflow server on PostgreSQL with its artifacts in the bucket). Each run
-gets a fresh luigid, MLflow database and store prefix, H worker hosts (scripts/worker, `[taxi] threads = 1`) and a
-host that only submits (scripts/backfill --workers 0). Prints the wall times and their ratio, the per-month cost and
-the scheduler's overhead from luigid's task history, and what a 12-month x 2-color backfill would take on 1, 4 and
-12 hosts. The last line printed is one JSON object.
+Starts the cluster of tests/integration/test_cluster.py on this machine (tests/support/cluster.py: PostgreSQL,
+SeaweedFS, luigid with config/luigid-cluster.cfg and an MLflow server on PostgreSQL with its artifacts in the
+bucket). Each run gets a fresh luigid, MLflow database and store prefix, H worker hosts (scripts/worker, `[taxi]
+threads = 1`) and a host that only submits (scripts/backfill --workers 0). Prints the wall times and their ratio,
+the per-month cost and the scheduler's overhead from luigid's task history, and what a 12-month x 2-color backfill
+would take on 1, 4 and 12 hosts. The last line printed is one JSON object.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""A cluster of the `cluster` profile on this machine, for tests/test_cluster.py and scripts/bench-cluster, all on
-127.0.0.1: PostgreSQL, SeaweedFS, an MLflow server on PostgreSQL with its artifacts in the bucket, luigid with
+"""A cluster of the `cluster` profile on this machine, for tests/integration/test_cluster.py and scripts/bench-cluster,
+all on 127.0.0.1: PostgreSQL, SeaweedFS, an MLflow server on PostgreSQL with its artifacts in the bucket, luigid with
 config/luigid-cluster.cfg (task history in PostgreSQL), and hosts that run scripts/worker or scripts/backfill with
 config/cluster.cfg.
 

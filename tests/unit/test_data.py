@@ -1,5 +1,5 @@
 """taxi/data.py: month arithmetic, file names, the raw file's check, the cleaning rules at their edges and the gate
-split (tests/test_data.py has the real months)."""
+split (tests/integration/test_data.py has the real months)."""
 
 from __future__ import annotations
 

@@ -663,6 +663,6 @@ def test_readme_table_names_every_fault_test():
     named = [re.findall(r"`(test_\w+)`", row) for row in rows]
     assert all(named), "a row names no test"
     suite = {node.name for module in ("test_faults.py", "test_bad_inputs.py")
-             for node in ast.parse((ROOT / "tests" / module).read_text()).body
+             for node in ast.parse((ROOT / "tests" / "integration" / module).read_text()).body
              if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")}
     assert {name for names in named for name in names} == suite - {test_readme_table_names_every_fault_test.__name__}

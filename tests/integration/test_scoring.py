@@ -33,8 +33,8 @@ from tests.support.paths import ROOT
 from tests.support.runs import SMALL_TUNING, run_luigi, write_config
 from tests.support.services import Service, free_port, luigid_service, mlflow_service
 from tests.support.store import one_file, run_file, raw_rows
-from tests.test_notify import Receiver
-from tests.test_ops import Inbox
+from tests.integration.test_notify import Receiver
+from tests.integration.test_ops import Inbox
 
 MODEL = model_name("green")
 FEBRUARY = ("--year", "2021", "--month", "2")
@@ -264,7 +264,7 @@ def test_a_new_champion_scores_a_second_file_and_leaves_the_first_intact(scored)
 def test_a_month_worse_than_the_registered_rmse_alerts_by_webhook_and_mail(scored):
     """The shifted March is much worse than v1's registered RMSE: one webhook text and one mail name the month, the
     version and both RMSEs (the live one recomputed here, the registered one registration.json's gate RMSE, which
-    tests/test_registry.py re-scores); February, as good as registered, alerted nobody."""
+    tests/integration/test_registry.py re-scores); February, as good as registered, alerted nobody."""
     cleaned = scored.cleaned("2021-03")
     live_rmse = float(np.sqrt(np.mean((cleaned["duration"] - scored.pyfunc(1).predict(raw_rows(cleaned))) ** 2)))
     registered = json.loads(run_file(scored.store, layout.REGISTRATION).read_text())["gate_rmse"]

@@ -31,7 +31,7 @@ from tests.support.store import match, one_file, pattern
 
 MONTH = ("--year", "2021", "--month", "1")
 JANUARY = "green_tripdata_2021-01.parquet"
-JANUARY_CLEAN_ROWS = 73_908  # green 2021-01 after the course's cleaning (tests/test_data.py)
+JANUARY_CLEAN_ROWS = 73_908  # green 2021-01 after the course's cleaning (tests/integration/test_data.py)
 TODAY = dt.date.today()
 LAST_MONTH = (TODAY.replace(day=1) - dt.timedelta(days=1))
 
