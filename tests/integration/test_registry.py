@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import luigi
@@ -24,7 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from taxi import data, metrics, promotion, registry, storage, tasks, tracking
 from tests.support.http_proxy import CHAMPION_LOOKUP, SET_ALIAS, Proxy
-from tests.support.luigi_process import LuigiProcess, private_lock
+from tests.support.luigi_process import DECIDING, HOLDING, LuigiProcess, private_lock
 from tests.support.paths import ROOT
 from tests.support.runs import SAMPLE_ROWS, SMALL_TUNING, run_luigi, sample_month, write_config
 from tests.support.services import luigid_service, mlflow_service
@@ -32,6 +33,7 @@ from tests.support.store import raw_rows
 
 MODEL = registry.model_name("green")
 GOOD, WORSE = ("2021", "1"), ("2023", "1")  # WORSE trains on shuffled distances
+HELD_DECISION = "tests.support.held_decision"
 ONE_TREE = {"max_evals": "1", "num_boost_round": "1"}  # a budget that cannot beat SMALL_TUNING
 
 
@@ -320,6 +322,41 @@ def test_two_months_started_at_once_on_a_new_sqlite_database_both_register(tmp_p
     runs = [LuigiProcess(tmp_path, config, "RegisterModel", "--year", year, "--month", month, name=f"register-{year}")
             for year, month in (GOOD, WORSE)]
     assert [run.finish() for run in runs] == [0, 0], "\n".join(run.log[-3000:] for run in runs)
+    assert one_champion_and_the_other_compared_with_it(MlflowClient(f"sqlite:///{tracking}"), tmp_path / "store")
+
+
+def test_a_decision_started_while_another_is_being_made_waits_for_it_and_compares_with_it(tmp_path, sampled_tlc):
+    """Two separate luigi processes (each its own local scheduler) on one sqlite registry: the first is held inside
+    its decision (tests/support/held_decision.py) while the second starts its own. The decision lock beside the
+    database makes the second wait, then compare with the first; without it both would see no champion and both
+    would take the alias."""
+    tracking = tmp_path / "mlflow.db"
+    config = write_config(tmp_path / "sqlite.cfg", {
+        "taxi": {"source": str(sampled_tlc), "store": str(tmp_path / "store"), "threads": "1"},
+        "mlflow": {"tracking_uri": f"sqlite:///{tracking}", "artifact_location": str(tmp_path / "artifacts")},
+        "TuneHyperparams": SMALL_TUNING,
+        "core": private_lock(tmp_path),
+    })
+    for year, month in (GOOD, WORSE):
+        trained = run_luigi(tmp_path, config, "TrainModel", "--year", year, "--month", month)
+        assert trained.returncode == 0, trained.stderr[-3000:]
+    # the second run gets as far as its decision (past everything else that takes the lock, such as opening the
+    # database) and waits; the first then registers its version inside the decision lock and is held there
+    go_first, go_second = tmp_path / "go-first", tmp_path / "go-second"
+    second = LuigiProcess(tmp_path, config, "RegisterModel", "--year", WORSE[0], "--month", WORSE[1],
+                          name="second", module=HELD_DECISION, env={"TAXI_TEST_HOLD_BEFORE_DECISION": str(go_second)})
+    second.wait_for_line(DECIDING)
+    first = LuigiProcess(tmp_path, config, "RegisterModel", "--year", GOOD[0], "--month", GOOD[1], name="first",
+                         module=HELD_DECISION, env={"TAXI_TEST_HOLD_DECISION": str(go_first)})
+    first.wait_for_line(HOLDING)
+    go_second.touch()
+    time.sleep(3)  # without a lock, the second decides meanwhile (it takes well under a second)
+    go_first.touch()
+    assert [first.finish(), second.finish()] == [0, 0], first.log[-3000:] + second.log[-3000:]
+    registrations = {r["month"]: r for r in (json.loads(p.read_text())
+                                             for p in (tmp_path / "store").rglob("registration.json"))}
+    assert registrations["2021-01"]["previous_champion_version"] is None
+    assert registrations["2023-01"]["previous_champion_version"] == registrations["2021-01"]["version"]
     assert one_champion_and_the_other_compared_with_it(MlflowClient(f"sqlite:///{tracking}"), tmp_path / "store")
 
 

@@ -15,6 +15,8 @@ from typing import Callable
 from tests.support.paths import BIN, ROOT
 
 PAUSED = "paused half way through writing"  # what a run with `pause_write` prints, then the target's path
+# what a run of tests/support/held_decision.py prints when a champion decision starts, and when it holds inside it
+DECIDING, HOLDING = "taxi-test: the decision starts", "taxi-test: holding the decision"
 
 
 def private_lock(workdir: Path) -> dict[str, str]:
@@ -28,17 +30,20 @@ def private_lock(workdir: Path) -> dict[str, str]:
 class LuigiProcess:
     """One luigi run in its own process group; stdout and stderr together in `<workdir>/<name>.log`. With
     `pause_write` (an fnmatch pattern of target paths), the write of the first target it matches stops half way
-    until the run is killed (tests/support/paused_writes.py)."""
+    until the run is killed (tests/support/paused_writes.py); `module` runs the tasks of another module of the tests
+    (tests/support/held_decision.py)."""
 
     def __init__(self, workdir: Path, config: Path, *args: str, name: str, env: dict[str, str] | None = None,
-                 pause_write: str | None = None):
+                 pause_write: str | None = None, module: str = "taxi.tasks"):
         if not (workdir / "luigi.cfg").exists():
             shutil.copyfile(ROOT / "luigi.cfg", workdir / "luigi.cfg")
         self.log_path = workdir / f"{name}.log"
-        module, env = "taxi.tasks", {**os.environ, "LUIGI_CONFIG_PATH": str(config), **(env or {})}
+        env = {**os.environ, "LUIGI_CONFIG_PATH": str(config), **(env or {})}
         if pause_write:
             module = "tests.support.paused_writes"
-            env.update(TAXI_TEST_PAUSE_WRITE=pause_write, PYTHONPATH=str(ROOT))
+            env.update(TAXI_TEST_PAUSE_WRITE=pause_write)
+        if module != "taxi.tasks":
+            env.update(PYTHONPATH=str(ROOT))
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen([str(BIN / "luigi"), "--module", module, *args], cwd=workdir, stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True, env=env)
