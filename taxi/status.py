@@ -225,7 +225,10 @@ def main(argv: list[str] | None = None) -> None:
             storage.CorruptTarget) as exc:
         log.error("%s", first_line(str(exc)))
         sys.exit(1)
-    print(text)
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:  # `scripts/status | head -3`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit's flush cannot fail too
 
 
 if __name__ == "__main__":

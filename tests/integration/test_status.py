@@ -127,6 +127,21 @@ def test_table_shows_each_trained_month_with_its_alias_now_and_its_decision_then
     assert f"{model_name('yellow')}: no trained month in {trained.workdir / 'store'}" in shown.stdout
 
 
+def test_a_reader_that_stops_early_gets_no_traceback_and_the_status_exits_0(trained):
+    """`scripts/status | head -1`, where the reader is gone before the table is written (`true` reads nothing)."""
+    config = with_scheduler(trained.workdir / "piped.cfg", trained.sections, trained.luigid.url)
+    for reader in ("head -1", "true"):
+        done = subprocess.run(["bash", "-c", f'"$0" | {reader}; exit "${{PIPESTATUS[0]}}"', str(ROOT / "scripts" /
+                                                                                             "status")],
+                              capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "LUIGI_CONFIG_PATH": str(config)})
+        assert done.returncode == 0 and "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, (
+            reader, done.returncode, done.stderr[-2000:])
+        shown = {"head -1": done.stdout.startswith(f"{MODEL} (registry ") and done.stdout.count("\n") == 1,
+                 "true": done.stdout == ""}
+        assert shown[reader], done.stdout
+
+
 def test_a_color_argument_shows_only_that_color(trained):
     shown = status(write_config(trained.workdir / "yellow.cfg", trained.sections), "yellow")
     assert shown.returncode == 0, shown.stderr[-3000:]
