@@ -154,8 +154,13 @@ def _evidence_lines(reg: dict, valid_month: str) -> list[str]:
         f"| optimism (gate - selection) | {reg['gate_rmse'] - reg['val_rmse']:+.4f} |",
         f"| the champion before, on the same gate rows | {champion} |",
         "",
-        f"Decision: **{reg['decision']}**: {reg['reason']}.",
+        f"{decision_line(reg['decision'], reg['reason'])}.",
     ]
+
+
+def decision_line(decision: str, reason: str) -> str:
+    """The decision in bold, then its reason without the decision's name a second time ("champion: champion: ...")."""
+    return f"Decision: **{decision}**: {reason.removeprefix(f'{decision}: ')}"
 
 
 def _drift_lines(reg: dict) -> list[str]:

@@ -102,7 +102,7 @@ def gate_decides(luigi_config) -> None:
     assert aliases(client) == {"champion": 2, "challenger": 3}
     report = open(worse_outputs["report.md"].path).read()
     assert report.startswith(f"# {MODEL} v3: challenger\n")
-    assert (f"Decision: **challenger**: challenger: {worse['gate_rmse']:.2f} vs {better['gate_rmse']:.2f}, "
+    assert (f"Decision: **challenger**: {worse['gate_rmse']:.2f} vs {better['gate_rmse']:.2f}, "
             f"+{100 * (worse['gate_rmse'] / better['gate_rmse'] - 1):.1f} % does not beat the 0.5 % margin.") in report
 
     # a crash after the alias moved, before the outputs were written: the rerun reports what the decision compared
