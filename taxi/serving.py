@@ -37,10 +37,7 @@ def signature(encoder: Encoder) -> ModelSignature:
     """The model's input contract: zone ids as a user has them (ints, floats from a month with gaps, strings:
     prepare_raw applies cleaning's rule), the distance, and for a clock model the pickup time (a timestamp or an ISO
     string); one prediction per row."""
-    columns = [ColSpec(AnyType(), PU), ColSpec(AnyType(), DO), ColSpec("double", DISTANCE)]
-    pickup = getattr(encoder, "pickup", None)
-    if pickup:
-        columns.append(ColSpec(AnyType(), pickup))
+    columns = [ColSpec("double" if column == DISTANCE else AnyType(), column) for column in input_columns(encoder)]
     return ModelSignature(inputs=Schema(columns), outputs=Schema([TensorSpec(np.dtype("float32"), (-1,))]))
 
 

@@ -11,12 +11,11 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 
-if TYPE_CHECKING:  # features loads scikit-learn: only the search imports it
-    from taxi import features
+from taxi import features
 
 log = logging.getLogger(__name__)
 
@@ -212,8 +211,6 @@ def tune(X_train: features.Matrix, y_train: np.ndarray, X_valid: features.Matrix
     from hyperopt import STATUS_OK, Trials, fmin
     from hyperopt.early_stop import no_progress_loss
     from hyperopt.fmin import generate_trials_to_calculate
-
-    from taxi import features
 
     settings.validate()
     X_fit, y_fit = subsample(X_train, y_train, settings.sample_rows, settings.seed)
