@@ -34,6 +34,7 @@ SCORES = "scores/{color}"
 SCORE = SCORES + "/{ym}/v{version}/{name}"  # a month scored with one registered version of the color's model
 PREDICTIONS, LIVE = "predictions.parquet", "live.json"
 SCORE_FILES = (PREDICTIONS, LIVE)
+REGISTRY_RECORD = "registry.json"  # the registry the store serves (taxi.store_registry)
 
 
 def raw(color: str, year: int, month: int) -> dict[str, str]:

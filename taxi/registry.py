@@ -104,6 +104,16 @@ def _month_of(client: MlflowClient, name: str, version: int) -> str:
     return _call(f"read the run of {name} v{version}", client.get_run, run_id).data.tags[MONTH_TAG]
 
 
+def _has_run(run_id: str) -> bool:
+    """Whether this registry holds the run `run_id`, not deleted (run ids are unique across registries)."""
+    try:
+        return MlflowClient().get_run(run_id).info.lifecycle_stage == "active"
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+
+
 def _call(what: str, method: Callable, *args):
     """`method(*args)`, with any MLflow error turned into a RegistryError that says what could not be done."""
     try:
@@ -196,11 +206,12 @@ def registered_run_of_task(experiment: str, name: str, task_id: str) -> tuple[st
 
 def model_in_registry(trained: dict, tracking_uri: str, experiment: str, name: str, task_id: str,
                       log_again: Callable[[], tuple[str, str]]) -> dict:
-    """train.json's record of a model as it is in the registry at `tracking_uri`. TrainModel may have logged it in
-    another (the store was built against it): then the run an earlier attempt of task `task_id` logged and
-    registered here, else the stored model logged again here by `log_again()` -> (run id, model URI)."""
-    if trained.get("tracking_uri", tracking_uri) == tracking_uri:
-        return trained
+    """train.json's record of a model as it is in the registry at `tracking_uri`. When that registry lacks its run
+    (a store made before it recorded its registry, or the run deleted there): the run an earlier attempt of task
+    `task_id` logged and registered here, else the stored model logged again here by `log_again()` -> (run id,
+    model URI). The same registry reached by another URL has the run: nothing is logged twice."""
+    if _has_run(trained["run_id"]):
+        return {**trained, "tracking_uri": tracking_uri}
     earlier = registered_run_of_task(experiment, name, task_id)
     if earlier:
         log.info("the %s model was logged in %s, and in %s before by run %s: registering that run", name,

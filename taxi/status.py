@@ -2,7 +2,8 @@
 registration records and the registry's current aliases, and its scored months with their live error, then what
 luigid has running, failed or disabled.
 
-Errors (tracking server down, store unreachable) are one line on stderr and exit 1.
+Errors (tracking server down, store unreachable, a store serving another registry) are one line on stderr and
+exit 1.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import requests
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from taxi import config, data, layout, registry, storage, tracking
+from taxi import config, data, layout, registry, storage, store_registry, tracking
 from taxi.promotion import CHALLENGER, CHAMPION
 from taxi.urls import redact
 
@@ -201,6 +202,7 @@ def status(colors: list[str]) -> str:
     store = store if storage.is_s3(store) else os.path.abspath(store)
     settings = config.MlflowConfig()
     tracking_uri = tracking.connect(settings.uri, settings.experiment, settings.artifact_root)
+    store_registry.check(store, settings.experiment, tracking_uri)
     sections = [section for color in colors
                 for section in (color_section(store, tracking_uri, color), score_section(store, color))]
     return "\n\n".join([*sections, scheduler_section(scheduler_url())])
@@ -222,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
         log.error("the MLflow registry at %s answered: %s", redact(mlflow.get_tracking_uri()), first_line(exc.message))
         sys.exit(1)
     except (tracking.TrackingUnavailable, storage.StoreUnreachable, storage.StoreRefused,
-            storage.CorruptTarget) as exc:
+            storage.CorruptTarget, store_registry.OtherRegistry) as exc:
         log.error("%s", first_line(str(exc)))
         sys.exit(1)
     try:

@@ -29,6 +29,17 @@ def _notify_failure(task: luigi.Task, exception: BaseException) -> None:
     notify.post(notify.failure_text(repr(task), exception))
 
 
+def connect_registry() -> str:
+    """Point MLflow at `[mlflow]` and return the tracking URI as it is recorded; OtherRegistry, before anything is
+    written there, when the store serves another registry."""
+    from taxi import store_registry, tracking
+
+    settings = MlflowConfig()
+    uri = tracking.connect(settings.uri, settings.experiment, settings.artifact_root)
+    store_registry.bind(TaxiConfig().store, settings.experiment, uri)
+    return uri
+
+
 class MonthTask(luigi.Task):
     """A task about one month of one taxi color; parameters are checked before any work."""
 
@@ -63,13 +74,12 @@ class MonthTask(luigi.Task):
         return {name: self.target(relpath) for name, relpath in relpaths.items()}
 
     def connect_tracking(self) -> str:
-        """Point MLflow at `[mlflow]`, end what an interrupted attempt of this task left open there, and return the
-        tracking URI as it is recorded."""
+        """Point MLflow at the store's registry (connect_registry), end what an interrupted attempt of this task left
+        open there, and return the tracking URI as it is recorded."""
         from taxi import tracking
 
-        settings = MlflowConfig()
-        uri = tracking.connect(settings.uri, settings.experiment, settings.artifact_root)
-        tracking.end_stale_runs(settings.experiment, self.task_id)
+        uri = connect_registry()
+        tracking.end_stale_runs(MlflowConfig().experiment, self.task_id)
         return uri
 
     @contextmanager

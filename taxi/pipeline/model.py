@@ -174,8 +174,8 @@ class RegisterModel(TrainingTask):
         return {name: self.target(files[name]) for name in (layout.REGISTRATION, *layout.REPORT_FILES)}
 
     def complete(self) -> bool:
-        """Done when every output exists and the registration was made in the registry configured now (pointed at
-        another registry, the same store registers the month there too), unless the month was held and this run
+        """Done when every output exists and the registration was made through the tracking URI configured now (by
+        another URL, run() finds the version again and rewrites the record), unless the month was held and this run
         accepts what the registration did not (drift, a contract change)."""
         outputs = self.output()
         if not all(target.exists() for target in outputs.values()):

@@ -19,7 +19,7 @@ import luigi.notifications
 
 from taxi import layout, notify, storage
 from taxi.config import MlflowConfig
-from taxi.pipeline.base import MonthTask
+from taxi.pipeline.base import MonthTask, connect_registry
 from taxi.pipeline.prepare import CleanMonth
 
 log = logging.getLogger(__name__)
@@ -95,10 +95,9 @@ class ScoreMonth(MonthTask):
 
     def champion(self) -> int:
         """The champion's version now; NoChampion when there is none."""
-        from taxi import scoring, tracking
+        from taxi import scoring
 
-        settings = MlflowConfig()
-        tracking.connect(settings.uri, settings.experiment, settings.artifact_root)
+        connect_registry()
         return scoring.champion(self.color)
 
     def score_version(self, version: int) -> ScoreVersion:
@@ -106,11 +105,11 @@ class ScoreMonth(MonthTask):
 
     def complete(self) -> bool:
         """False without a champion or a reachable registry: run() then fails saying which."""
-        from taxi import registry, scoring, tracking
+        from taxi import registry, scoring, store_registry, tracking
 
         try:
             version = self.champion()
-        except (scoring.NoChampion, tracking.TrackingUnavailable, registry.RegistryError):
+        except (scoring.NoChampion, tracking.TrackingUnavailable, registry.RegistryError, store_registry.OtherRegistry):
             return False
         return self.score_version(version).complete()
 

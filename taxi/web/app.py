@@ -14,7 +14,7 @@ from flask_wtf.csrf import CSRFProtect
 from mlflow.exceptions import MlflowException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from taxi import data, layout, registry, status, storage, tracking
+from taxi import config, data, layout, registry, status, storage, store_registry, tracking
 from taxi.web import observe
 from taxi.web.auth import Throttle, password_matches
 from taxi.web.runs import RUNNING, PlanFailed, Runs
@@ -30,7 +30,7 @@ CONTENT_POLICY = ("default-src 'self'; style-src 'self' 'unsafe-inline'; script-
 REPORT_PATH = re.compile(layout.RUN.format(color=f"(?:{'|'.join(data.COLORS)})", ym=r"\d{4}-\d{2}", key=r"[\w.-]+",
                                            name=f"(?:{'|'.join(map(re.escape, layout.REPORT_FILES))})"))
 READ_ERRORS = (MlflowException, tracking.TrackingUnavailable, storage.StoreUnreachable, storage.StoreRefused,
-               storage.CorruptTarget, requests.RequestException)
+               storage.CorruptTarget, requests.RequestException, store_registry.OtherRegistry)
 
 
 def is_local_path(target: str) -> bool:
@@ -100,6 +100,7 @@ def create_app(settings: Settings, runs: Runs | None = None) -> Flask:
     def months():
         sections, error = [], None
         try:
+            store_registry.check(settings.store, config.MlflowConfig().experiment, settings.tracking_uri)
             for color in data.COLORS:
                 sections.append({"color": color, "model": registry.model_name(color),
                                  "rows": [month_row(color, row) for row in status.rows(settings.store, color)]})

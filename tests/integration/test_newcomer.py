@@ -1,6 +1,6 @@
 """What a new user and an operator meet first (issue 13), each the way they meet it: the README's first command as
 written in a fresh copy of the checkout, its model-loading snippet from another folder, the first line of an offline
-run, one store registered in two registries, and the tracking URLs and run durations luigid and MLflow show."""
+run, one store serving one registry, and the tracking URLs and run durations luigid and MLflow show."""
 
 from __future__ import annotations
 
@@ -167,17 +167,20 @@ def test_offline_without_a_mirror_the_first_line_names_the_cause_and_the_fix(tmp
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# One store, two registries
+# One store, one registry
 
 
-def registration(store: Path) -> dict:
-    return json.loads(next(store.rglob("registration.json")).read_text())
+def status(workdir: Path, config: Path) -> subprocess.CompletedProcess:
+    """`scripts/status` with the profile `config`, from `workdir`."""
+    return subprocess.run([str(ROOT / "scripts" / "status")], cwd=workdir, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "LUIGI_CONFIG_PATH": str(config)})
 
 
-def test_a_store_registered_in_sqlite_registers_on_a_server_and_then_not_again_in_either(tmp_path, sampled_tlc):
-    """The demo's sqlite registry first; the same store pointed at an `mlflow server` registers the month there from
-    the stored booster (no tuning, no training); pointed back at sqlite, and then at the server again, each finds its
-    own version: no new one in either."""
+def test_a_store_serves_the_registry_of_its_first_run_and_any_other_is_refused_naming_both(tmp_path, sampled_tlc):
+    """The demo's sqlite registry first; the same store pointed at an `mlflow server` is refused before anything
+    reaches the server (registering or scoring), and so is `scripts/status`, naming both registries. Without its
+    record the store moves to the server, which gets the stored model; reached by another URL, the server is the same
+    registry: nothing is logged twice."""
     store, database = tmp_path / "store", tmp_path / "mlflow.db"
     sections = {"taxi": {"source": str(sampled_tlc), "store": str(store), "threads": "1"},
                 "TuneHyperparams": SMALL_TUNING, "core": private_lock(tmp_path)}
@@ -185,44 +188,60 @@ def test_a_store_registered_in_sqlite_registers_on_a_server_and_then_not_again_i
         "tracking_uri": f"sqlite:///{database}", "artifact_location": str(tmp_path / "mlartifacts")}})
     first = run_luigi(tmp_path, local, "RegisterModel", *MONTH)
     assert first.returncode == 0, first.stderr[-3000:]
-    sqlite = MlflowClient(f"sqlite:///{database}")
-    assert len(sqlite.search_model_versions(f"name='{MODEL}'")) == 1
-    trained = json.loads(next(store.rglob("train.json")).read_text())
+    sqlite_experiment = MlflowClient(f"sqlite:///{database}").get_experiment_by_name("taxi-duration")
+    assert json.loads((store / layout.REGISTRY_RECORD).read_text())["experiment_id"] == sqlite_experiment.experiment_id
 
     server = mlflow_service(tmp_path / "server").start()
     try:
         central = write_config(tmp_path / "central.cfg", {**sections, "mlflow": {"tracking_uri": server.url}})
-        there = run_luigi(tmp_path, central, "RegisterModel", *MONTH)
-        assert there.returncode == 0, there.stderr[-3000:]
-        versions = MlflowClient(server.url).search_model_versions(f"name='{MODEL}'")
-        runs = [MlflowClient(server.url).get_run(version.run_id) for version in versions]
-        assert "1 ran successfully" in there.stderr and "RegisterModel(" in there.stderr.split("ran successfully")[1]
+        client = MlflowClient(server.url)
+        for task in (("RegisterModel", *MONTH), ("ScoreMonth", "--year", "2021", "--month", "2")):
+            refused = run_luigi(tmp_path, central, *task)
+            assert refused.returncode != 0, refused.stderr[-3000:]
+            assert (f"OtherRegistry: the store {store} serves the registry at sqlite:///{database} (experiment "
+                    f"{sqlite_experiment.experiment_id} created" in refused.stderr), refused.stderr[-3000:]
+            assert f"but this is the registry at {server.url} (experiment" in refused.stderr
+        assert client.search_registered_models() == []
+        assert client.search_runs([client.get_experiment_by_name("taxi-duration").experiment_id]) == []
+
+        shown = status(tmp_path, central)
+        assert shown.returncode == 1 and shown.stdout == ""
+        [line] = shown.stderr.strip().splitlines()
+        assert line.startswith(f"ERROR: taxi.status: the store {store} serves the registry at sqlite:///{database}")
+        assert f"but this is the registry at {server.url}" in line
+
+        # moved for good: without its record, the store serves the next registry it runs against, which gets each
+        # month's stored model logged again (no tuning, no training)
+        trained = json.loads(next(store.rglob("train.json")).read_text())
+        (store / layout.REGISTRY_RECORD).unlink()
+        moved = run_luigi(tmp_path, central, "RegisterModel", *MONTH)
+        assert moved.returncode == 0, moved.stderr[-3000:]
+        assert "1 ran successfully" in moved.stderr and "RegisterModel(" in moved.stderr.split("ran successfully")[1]
         assert (f"logged in sqlite:///{database}, not in {server.url}: logging the stored model there again"
-                in there.stderr)
-        assert len(versions) == 1 and versions[0].run_id != trained["run_id"]
+                in moved.stderr)
+        [version] = client.search_model_versions(f"name='{MODEL}'")
+        assert version.run_id != trained["run_id"]
         # the version the server holds is the stored model: re-scored here on the validation month's selection rows,
         # its RMSE is the one TrainModel measured (what the run logs is only copied from train.json)
         valid = pd.read_parquet(one_file(store, layout.CLEAN, color="green", ym="2021-02"))
-        valid = valid[~data.gate_rows(valid, 0.5)]
+        valid = valid[~data.gate_rows(valid, 0.5)].rename(columns={"pickup_datetime": "lpep_pickup_datetime"})
         mlflow.set_tracking_uri(server.url)
-        model = mlflow.pyfunc.load_model(f"models:/{MODEL}/{versions[0].version}")
-        valid = valid.rename(columns={"pickup_datetime": "lpep_pickup_datetime"})  # a raw month's name
+        model = mlflow.pyfunc.load_model(f"models:/{MODEL}/{version.version}")
         assert metrics.rmse(valid["duration"].to_numpy(), model.predict(valid)) == pytest.approx(trained["val_rmse"])
-        assert runs[0].data.metrics["val_rmse"] == pytest.approx(trained["val_rmse"])
-        assert registration(store)["tracking_uri"] == server.url
+        assert run_luigi(tmp_path, local, "RegisterModel", *MONTH).returncode != 0
 
-        back = run_luigi(tmp_path, local, "RegisterModel", *MONTH)
-        assert back.returncode == 0, back.stderr[-3000:]
-        assert "TrainModel(" not in back.stderr.split("ran successfully")[1]
-        assert [v.version for v in sqlite.search_model_versions(f"name='{MODEL}'")] == [1]
-        assert registration(store)["tracking_uri"] == f"sqlite:///{database}"
-
-        again = run_luigi(tmp_path, central, "RegisterModel", *MONTH)
+        by_name = server.url.replace("127.0.0.1", "localhost")
+        other_url = write_config(tmp_path / "by-name.cfg", {**sections, "mlflow": {"tracking_uri": by_name}})
+        shown = status(tmp_path, other_url)
+        assert shown.returncode == 0, shown.stderr
+        assert re.search(rf"^2021-01 +v{version.version} +champion ", shown.stdout, re.MULTILINE), shown.stdout
+        experiment = client.get_run(version.run_id).info.experiment_id
+        runs = {run.info.run_id for run in client.search_runs([experiment])}
+        again = run_luigi(tmp_path, other_url, "RegisterModel", *MONTH)
         assert again.returncode == 0, again.stderr[-3000:]
-        assert [(str(v.version), v.run_id) for v in MlflowClient(server.url).search_model_versions(
-            f"name='{MODEL}'")] == [("1", versions[0].run_id)]
-        assert f"and in {server.url} before by run {versions[0].run_id}: registering that run" in again.stderr
-        assert registration(store)["tracking_uri"] == server.url
+        assert [(v.version, v.run_id) for v in client.search_model_versions(f"name='{MODEL}'")] == [
+            (version.version, version.run_id)]
+        assert {run.info.run_id for run in client.search_runs([experiment])} == runs
     finally:
         server.stop()
 

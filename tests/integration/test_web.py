@@ -279,6 +279,21 @@ def test_the_months_table_is_scripts_status_s_rows_with_links(browser_run, site)
     assert stored.splitlines()[0] in logged_in(site).get(site.url + report).text
 
 
+def test_a_store_of_another_registry_shows_no_rows_and_names_both_registries(browser_run, site):
+    """The page's store recorded as serving another registry: the months page shows that error, not the rows."""
+    record = site.store / layout.REGISTRY_RECORD
+    served = record.read_text()
+    other = {**json.loads(served), "experiment_id": "7", "tracking_uri": "http://elsewhere:5000"}
+    record.write_text(json.dumps(other))
+    try:
+        page = logged_in(site).get(site.url).text
+    finally:
+        record.write_text(served)
+    assert f"OtherRegistry: the store {site.store} serves the registry at http://elsewhere:5000 (experiment 7" in page
+    assert f"but this is the registry at {site.mlflow.url}" in page
+    assert "/reports/runs/" not in page and "/reports/runs/" in logged_in(site).get(site.url).text
+
+
 def test_a_failed_run_shows_the_failed_task_and_its_log(site):
     """2021-02 needs 2021-03, which the mirror lacks: the download fails, the run exits [retcode] task_failed."""
     client = logged_in(site)
