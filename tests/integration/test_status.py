@@ -191,10 +191,25 @@ def test_without_a_reachable_central_scheduler_one_line_says_so(trained):
     assert down.stdout.rstrip().splitlines()[-1] == f"luigid {closed}: not reachable (ConnectionError)"
 
 
-def test_registrations_made_in_another_registry_show_as_missing(trained):
-    """The same store with an empty local registry: no version there is the one its registration.json names."""
+def test_another_registry_is_refused_and_a_store_from_before_the_record_shows_its_rows_as_missing(trained):
+    """The same store with an empty local registry: refused in one line naming both registries. A store that has not
+    recorded its registry shows every row there as missing: no version there is the one its registration.json
+    names."""
     sections = {**trained.sections, "mlflow": {"tracking_uri": f"sqlite:///{trained.workdir}/other.db"}}
-    shown = status(write_config(trained.workdir / "other.cfg", sections))
+    other = write_config(trained.workdir / "other.cfg", sections)
+    store = trained.workdir / "store"
+    refused = status(other)
+    assert refused.returncode == 1 and refused.stdout == ""
+    line = refused.stderr.strip().splitlines()[-1]  # after MLflow's lines creating the new database
+    assert line.startswith(f"ERROR: taxi.status: the store {store} serves the registry at http")
+    assert f"but this is the registry at sqlite:///{trained.workdir}/other.db" in line
+    record = store / layout.REGISTRY_RECORD
+    served = record.read_text()
+    record.unlink()
+    try:
+        shown = status(other)
+    finally:
+        record.write_text(served)
     assert shown.returncode == 0, shown.stderr[-3000:]
     assert [(row["month"], row["alias now"], row["registered (UTC)"]) for row in table(shown.stdout)] == [
         ("2021-01", "missing", "-"), ("2023-01", "missing", "-")]
