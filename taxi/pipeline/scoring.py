@@ -97,7 +97,7 @@ class ScoreMonth(MonthTask):
         """The champion's version now; NoChampion when there is none."""
         from taxi import scoring
 
-        connect_registry()
+        connect_registry(record=False)  # ScoreVersion records it, if it runs
         return scoring.champion(self.color)
 
     def score_version(self, version: int) -> ScoreVersion:

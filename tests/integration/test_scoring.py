@@ -500,8 +500,8 @@ def test_the_alert_share_a_scoring_is_given_is_the_one_applied(scored):
 
 
 def test_a_month_scored_with_another_registry_s_version_is_not_done_for_this_one(scored, tmp_path):
-    """February was scored with v1 of the tracking server. Against a registry of its own (empty), ScoreVersion v1 of
-    the same store is not complete: it runs, fails for want of that registry's v1, and leaves the files as they were."""
+    """February was scored with v1 of the tracking server. Against another registry (empty), ScoreVersion v1 of the
+    same store is not complete: it runs, fails since the store serves the server, and leaves the files as they were."""
     folder = scored.scores("2021-02", 1, layout.LIVE).parent
     before = {path.name: path.read_bytes() for path in folder.iterdir()}
     database = tmp_path / "other.db"
@@ -511,5 +511,6 @@ def test_a_month_scored_with_another_registry_s_version_is_not_done_for_this_one
                                                    "core": private_lock(tmp_path)})
     done = run_luigi(tmp_path, config, "ScoreVersion", *FEBRUARY, "--model-version", "1")
     assert done.returncode == 30, done.stderr[-3000:]
-    assert f"UnknownVersion: {MODEL} has no version 1 in the registry at sqlite:///{database}" in done.stderr
+    assert f"OtherRegistry: the store {scored.store} serves the registry at {scored.mlflow.url}" in done.stderr
+    assert f"but this is the registry at sqlite:///{database} (experiment" in done.stderr
     assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
