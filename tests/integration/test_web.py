@@ -25,8 +25,6 @@ import luigi.configuration
 import pytest
 import requests
 from mlflow.tracking import MlflowClient
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service as ChromeService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -38,13 +36,13 @@ from taxi.web.app import create_app
 from taxi.web.auth import Throttle
 from taxi.web.runs import Runs
 from taxi.web.settings import HASH_ENV, Settings
+from tests.support.browser import chromium
 from tests.support.luigi_process import private_lock
 from tests.support.paths import ROOT
 from tests.support.runs import SMALL_TUNING, write_config
 from tests.support.services import Service, free_port, luigid_service, mlflow_service, wait_until
 from tests.support.store import one_file
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 RUN_TIMEOUT = 300  # seconds for one sampled month's RegisterModel (about 20 s here)
 DOCS = ROOT / "docs"
 
@@ -134,13 +132,7 @@ def history_events(site: Site, family: str, event: str) -> list[tuple[str, str]]
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1400,1000", f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=ChromeService(executable_path=CHROMEDRIVER))
+    driver = chromium(tmp_path_factory.mktemp("chromium"))
     yield driver
     driver.quit()
 
