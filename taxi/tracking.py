@@ -92,18 +92,26 @@ def log_files(run_id: str, files: dict[str, bytes], folder: str) -> None:
         MlflowClient().log_artifacts(run_id, tmp, folder)
 
 
+def run_page(ui: str, experiment_id: str, run_id: str) -> str:
+    """A run's page in the MLflow UI served at `ui`."""
+    return f"{ui}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def version_page(ui: str, name: str, version: int | str) -> str:
+    """A registered model version's page in the MLflow UI served at `ui`."""
+    return f"{ui}/#/models/{name}/versions/{version}"
+
+
 def run_url(run_id: str) -> str | None:
     """The MLflow UI page of a run when tracking goes to a server (which serves the UI); None for a local database."""
     base = _ui_base()
-    if base is None:
-        return None
-    return f"{base}/#/experiments/{MlflowClient().get_run(run_id).info.experiment_id}/runs/{run_id}"
+    return None if base is None else run_page(base, MlflowClient().get_run(run_id).info.experiment_id, run_id)
 
 
 def version_url(name: str, version: int) -> str | None:
     """The MLflow UI page of a registered model version (None for a local database)."""
     base = _ui_base()
-    return None if base is None else f"{base}/#/models/{name}/versions/{version}"
+    return None if base is None else version_page(base, name, version)
 
 
 def _ui_base() -> str | None:

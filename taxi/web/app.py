@@ -8,14 +8,16 @@ import logging
 import posixpath
 import re
 
+import luigi
 import requests
 from flask import Flask, Response, abort, jsonify, redirect, render_template, request, session, url_for
 from flask_wtf.csrf import CSRFProtect
+from markupsafe import Markup
 from mlflow.exceptions import MlflowException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from taxi import config, data, layout, registry, status, storage, store_registry, tracking
-from taxi.web import observe
+from taxi.web import observe, report_page
 from taxi.web.auth import Throttle, password_matches
 from taxi.web.runs import RUNNING, PlanFailed, Runs
 from taxi.web.settings import Settings, secret_key
@@ -27,7 +29,9 @@ SESSION_HOURS = 12
 # the pages' own inline style and scripts only; links to MLflow and luigid are navigations, which this does not limit
 CONTENT_POLICY = ("default-src 'self'; style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'; "
                   "frame-ancestors 'none'")
-REPORT_PATH = re.compile(layout.RUN.format(color=f"(?:{'|'.join(data.COLORS)})", ym=r"\d{4}-\d{2}", key=r"[\w.-]+",
+# a report is the store's text: its page runs no script at all, and shows images of this site only
+REPORT_POLICY = "default-src 'self'; style-src 'self' 'unsafe-inline'; script-src 'none'; frame-ancestors 'none'"
+REPORT_PATH = re.compile(layout.RUN.format(color=f"(?:{'|'.join(data.COLORS)})", ym=r"\d{4}-\d{2}", key=r"\w[\w.-]*",
                                            name=f"(?:{'|'.join(map(re.escape, layout.REPORT_FILES))})"))
 READ_ERRORS = (MlflowException, tracking.TrackingUnavailable, storage.StoreUnreachable, storage.StoreRefused,
                storage.CorruptTarget, requests.RequestException, store_registry.OtherRegistry)
@@ -66,8 +70,8 @@ def create_app(settings: Settings, runs: Runs | None = None) -> Flask:
     @app.after_request
     def headers(response: Response) -> Response:
         response.headers.update({"X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff",
-                                 "Referrer-Policy": "same-origin", "Cache-Control": "no-store",
-                                 "Content-Security-Policy": CONTENT_POLICY})
+                                 "Referrer-Policy": "same-origin", "Cache-Control": "no-store"})
+        response.headers.setdefault("Content-Security-Policy", CONTENT_POLICY)  # unless the page set its own
         return response
 
     @app.route("/login", methods=["GET", "POST"])
@@ -123,21 +127,37 @@ def create_app(settings: Settings, runs: Runs | None = None) -> Flask:
                 "run_url": tracking.run_url(row.run_id) if in_registry else None,
                 "task_url": f"{settings.scheduler_url}/history/by_task_id/{row.task_id}"}
 
-    @app.get("/reports/<path:path>")
-    def report(path: str):
-        """A report of the store (report.md, shown with its plots) or one of its plots."""
+    def report_file(path: str) -> luigi.Target:
+        """The store's file at `path` if it is a report or a plot of a run folder (REPORT_PATH) and exists; else 404."""
         if not REPORT_PATH.fullmatch(path):
             abort(404)
         target = storage.target(settings.store, path)
         if not target.exists():
             abort(404)
+        return target
+
+    @app.get("/reports/<path:path>")
+    def report(path: str):
+        """A report of the store as a page (its markdown rendered and sanitized, its plots inline), or one of its
+        plots."""
+        target = report_file(path)
         if not path.endswith(".md"):
             return Response(storage.read(target, bytes), mimetype="image/png")
         folder = posixpath.dirname(path)
-        plots = [name for name in layout.REPORT_FILES
-                 if name != layout.REPORT and storage.target(settings.store, posixpath.join(folder, name)).exists()]
-        return render_template("report.html", path=path, text=storage.read(target, bytes.decode), folder=folder,
-                               plots=plots)
+        plots = {name: url_for("report", path=posixpath.join(folder, name))
+                 for name in layout.REPORT_FILES if name != layout.REPORT}
+        page = report_page.render(storage.read(target, bytes.decode), plots)
+        return render_template("report.html", path=path, page=Markup(page)), {"Content-Security-Policy": REPORT_POLICY}
+
+    @app.get("/raw/<path:path>")
+    def report_raw(path: str):
+        """A report's markdown as stored, to download."""
+        if not path.endswith(".md"):
+            abort(404)
+        target = report_file(path)
+        name = "-".join(path.split("/")[1:])  # e.g. green-2021-01-v1-0123456789-report.md
+        return Response(storage.read(target, bytes), mimetype="text/markdown",
+                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
     @app.get("/runs/new")
     def new_run():

@@ -20,13 +20,16 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 from mlflow.tracking import MlflowClient
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
 from taxi import data, layout, metrics
 from taxi.registry import model_name
+from tests.support.browser import chromium
 from tests.support.luigi_process import private_lock
 from tests.support.paths import ROOT
 from tests.support.runs import SMALL_TUNING, run_luigi, write_config
-from tests.support.services import free_port, luigid_service, mlflow_service
+from tests.support.services import Service, free_port, luigid_service, mlflow_service
 from tests.support.store import one_file
 
 MONTH = ("--year", "2021", "--month", "1")
@@ -102,6 +105,39 @@ def test_the_quick_starts_first_command_works_as_written(demo):
     assert report.is_absolute() and report.is_file() and report.is_relative_to(checkout / "data" / "runs")
     record = json.loads((report.parent / "registration.json").read_text())
     assert record["tracking_uri"] == f"sqlite:///{checkout}/mlflow.db" and record["version"] == 1
+
+
+def test_the_demo_s_mlflow_ui_links_open_on_its_run_and_model_version(demo, tmp_path):
+    """The `mlflow ui` command the demo prints, started on a free port, and its two links opened in headless
+    Chromium: the run the registered version came from (its id read from the registry), and that version."""
+    checkout, run = demo
+    ui = re.search(r"^MLflow UI: (\S+) ui --backend-store-uri (\S+) --port 5000, then open$", run.stdout, re.MULTILINE)
+    assert ui and ui.group(2) == f"sqlite:///{checkout}/mlflow.db", run.stdout
+    run_link = re.search(r"^    the run: +(\S+)$", run.stdout, re.MULTILINE).group(1)
+    version_link = re.search(r"^    the model version: +(\S+)$", run.stdout, re.MULTILINE).group(1)
+    client = MlflowClient(ui.group(2))
+    version = client.get_model_version(MODEL, "1")
+    experiment = client.get_experiment_by_name("taxi-duration").experiment_id
+    assert run_link == f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{version.run_id}"
+    assert version_link == f"http://127.0.0.1:5000/#/models/{MODEL}/versions/1"
+    port = free_port()
+    server = Service("mlflow ui", [str(checkout / ui.group(1)), "ui", "--backend-store-uri", ui.group(2), "--port",
+                                   str(port), "--workers", "1"], port, "/health", tmp_path / "ui.log",
+                     env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    browser = None
+    try:
+        server.start()
+        browser = chromium(tmp_path / "chromium")
+        for link, shown in ((run_link, ("training green 2021-01", version.run_id, "train_rmse")),
+                            (version_link, (MODEL, "Version 1", "Source Run", "training green 2021-01", "champion"))):
+            browser.get(link.replace(":5000/", f":{port}/"))
+            WebDriverWait(browser, 60).until(lambda b, shown=shown: all(
+                text in b.find_element(By.TAG_NAME, "body").text for text in shown), link)
+            assert "Welcome to MLflow" not in browser.find_element(By.TAG_NAME, "body").text  # not the home page
+    finally:
+        if browser:
+            browser.quit()
+        server.stop()
 
 
 def test_the_readme_snippet_loads_the_model_from_another_folder(demo, tmp_path):

@@ -25,8 +25,6 @@ import luigi.configuration
 import pytest
 import requests
 from mlflow.tracking import MlflowClient
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service as ChromeService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -38,13 +36,13 @@ from taxi.web.app import create_app
 from taxi.web.auth import Throttle
 from taxi.web.runs import Runs
 from taxi.web.settings import HASH_ENV, Settings
+from tests.support.browser import chromium
 from tests.support.luigi_process import private_lock
 from tests.support.paths import ROOT
 from tests.support.runs import SMALL_TUNING, write_config
 from tests.support.services import Service, free_port, luigid_service, mlflow_service, wait_until
 from tests.support.store import one_file
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 RUN_TIMEOUT = 300  # seconds for one sampled month's RegisterModel (about 20 s here)
 DOCS = ROOT / "docs"
 
@@ -134,13 +132,7 @@ def history_events(site: Site, family: str, event: str) -> list[tuple[str, str]]
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1400,1000", f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=ChromeService(executable_path=CHROMEDRIVER))
+    driver = chromium(tmp_path_factory.mktemp("chromium"))
     yield driver
     driver.quit()
 
@@ -276,7 +268,118 @@ def test_the_months_table_is_scripts_status_s_rows_with_links(browser_run, site)
         assert link in page
     report = re.search(r'href="(/reports/runs/green/2021-01/[^"]+/report\.md)"', page).group(1)
     stored = one_file(site.store, layout.RUN, color="green", ym="2021-01", name=layout.REPORT).read_text()
-    assert stored.splitlines()[0] in logged_in(site).get(site.url + report).text
+    assert f"<h1>{stored.splitlines()[0].removeprefix('# ')}</h1>" in logged_in(site).get(site.url + report).text
+
+
+def report_folder(site: Site, ym: str) -> Path:
+    """The run folder of the store's one report of green `ym`."""
+    return one_file(site.store, layout.RUN, color="green", ym=ym, name=layout.REPORT).parent
+
+
+def png_width(png: bytes) -> int:
+    """The width a PNG file declares in its IHDR chunk."""
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR"
+    return int.from_bytes(png[16:20], "big")
+
+
+def test_a_report_is_a_page_with_its_tables_and_plots(browser_run, site, browser):
+    """The months page's report link opens the report as HTML: its tables, and each plot the markdown names loaded
+    from the store (as wide as the stored PNG); its raw link downloads the stored bytes."""
+    folder = report_folder(site, "2021-01")
+    stored = (folder / layout.REPORT).read_bytes()
+    browser.get(site.url)
+    browser.find_element(By.CSS_SELECTOR, f'a[href$="{folder.name}/{layout.REPORT}"]').click()
+    report = WebDriverWait(browser, 30).until(expected_conditions.presence_of_element_located((By.ID, "report")))
+    assert report.find_element(By.TAG_NAME, "h1").text == stored.decode().splitlines()[0].removeprefix("# ")
+    tables = report.find_elements(By.TAG_NAME, "table")
+    assert len(tables) == stored.decode().count("\n|---")  # one per table the markdown holds
+    headers = [[cell.text for cell in table.find_elements(By.TAG_NAME, "th")] for table in tables]
+    assert ["RMSE (minutes)", "value"] in headers and ["step", "seconds"] in headers
+    named = re.findall(r"!\[[^]]*\]\(([^)]+)\)", stored.decode())
+    assert sorted(named) == sorted(name for name in layout.REPORT_FILES if name != layout.REPORT)
+    images = report.find_elements(By.TAG_NAME, "img")
+    WebDriverWait(browser, 30).until(lambda b: all(b.execute_script("return arguments[0].complete", img)
+                                                   for img in images))
+    shown = {img.get_attribute("src").rsplit("/", 1)[1]: browser.execute_script("return arguments[0].naturalWidth",
+                                                                                 img) for img in images}
+    assert shown == {name: png_width((folder / name).read_bytes()) for name in named}
+    assert all(img.get_attribute("src").startswith(f"{site.url}/reports/") for img in images)
+    raw = browser.find_element(By.ID, "raw").get_attribute("href")
+    drift = next(heading for heading in report.find_elements(By.TAG_NAME, "h2") if heading.text == "Drift")
+    browser.execute_script("arguments[0].scrollIntoView()", drift)
+    browser.save_screenshot(str(DOCS / "web-report.png"))  # docs/web.md's: a table and a plot
+    download = logged_in(site).get(raw)
+    assert download.status_code == 200 and download.content == stored
+    assert download.headers["Content-Type"] == "text/markdown; charset=utf-8"
+    assert download.headers["Content-Disposition"] == \
+        f'attachment; filename="green-2021-01-{folder.name}-{layout.REPORT}"'
+
+
+HOSTILE = """# Hostile <script>window.pwned = 1; document.title = "pwned"</script>
+
+<img src="x" onerror="window.pwned = 2">
+
+[click me](javascript:window.pwned=3) ![elsewhere](https://evil.example/x.png) ![tuning](tuning.png)
+
+| cell | cell |
+|---|---|
+| <script>window.pwned = 4</script> | <a href="javascript:window.pwned=5">raw html</a> |
+"""
+
+
+def test_a_report_holding_html_shows_it_as_text_and_runs_nothing(browser_run, site, browser):
+    """A report whose text holds a script, an image with onerror, javascript: links and another site's image: the
+    page shows the HTML as text, no script runs (the test clicks the links), and only the report's plot loads."""
+    folder = site.store / "runs" / "green" / "2020-02" / "v1-0123456789"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / layout.REPORT).write_text(HOSTILE)
+    plot = (report_folder(site, "2021-01") / layout.TUNING_PLOT).read_bytes()
+    (folder / layout.TUNING_PLOT).write_bytes(plot)
+    page = f"{site.url}/reports/runs/green/2020-02/{folder.name}/{layout.REPORT}"
+    browser.get(page)
+    report = WebDriverWait(browser, 30).until(expected_conditions.presence_of_element_located((By.ID, "report")))
+    for link in report.find_elements(By.CSS_SELECTOR, "a"):
+        link.click()
+    text = report.text
+    for shown in ('Hostile <script>window.pwned = 1; document.title = "pwned"</script>',
+                  '<img src="x" onerror="window.pwned = 2">', "[click me](javascript:window.pwned=3)",
+                  "<script>window.pwned = 4</script>", '<a href="javascript:window.pwned=5">raw html</a>'):
+        assert shown in text
+    assert browser.current_url == page and browser.title == "Report · taxi"
+    assert browser.execute_script("return window.pwned") is None
+    assert browser.execute_script("return document.querySelectorAll('#report script, #report [onerror], "
+                                  "#report [href^=javascript], #report iframe').length") == 0
+    images = {img.get_attribute("alt"): img for img in report.find_elements(By.TAG_NAME, "img")}
+    assert images["elsewhere"].get_attribute("src") is None  # another site's image: no source at all
+    WebDriverWait(browser, 30).until(lambda b: b.execute_script("return arguments[0].complete", images["tuning"]))
+    assert browser.execute_script("return arguments[0].naturalWidth", images["tuning"]) == png_width(plot)
+
+
+INLINE_SCRIPT = """const script = document.createElement("script");
+script.textContent = "window.inline_ran = true";
+document.body.appendChild(script);
+return window.inline_ran === true;"""
+
+
+def test_the_report_page_runs_no_script_of_its_own_either(browser_run, site, browser):
+    """Its Content-Security-Policy forbids scripts: one inserted into the page does not run, where the months page
+    (whose policy allows the pages' own inline scripts) runs it."""
+    folder = report_folder(site, "2021-01")
+    browser.get(f"{site.url}/reports/{folder.relative_to(site.store).as_posix()}/{layout.REPORT}")
+    WebDriverWait(browser, 30).until(expected_conditions.presence_of_element_located((By.ID, "report")))
+    assert browser.execute_script(INLINE_SCRIPT) is False
+    browser.get(site.url)
+    WebDriverWait(browser, 30).until(expected_conditions.presence_of_element_located((By.ID, "months-green")))
+    assert browser.execute_script(INLINE_SCRIPT) is True
+
+
+def test_a_report_s_plots_and_raw_file_need_a_session(browser_run, site):
+    folder = report_folder(site, "2021-01").relative_to(site.store).as_posix()
+    for path in (f"/reports/{folder}/{layout.REPORT}", f"/reports/{folder}/{layout.DRIFT_PLOT}",
+                 f"/raw/{folder}/{layout.REPORT}"):
+        answer = requests.get(site.url + path, allow_redirects=False, timeout=30)
+        assert answer.status_code == 302 and answer.headers["Location"].startswith("/login"), path
+        assert logged_in(site).get(site.url + path).status_code == 200, path
 
 
 def test_a_store_of_another_registry_shows_no_rows_and_names_both_registries(browser_run, site):
@@ -422,9 +525,14 @@ def test_a_report_path_outside_the_reports_is_refused(site):
     client = logged_in(site)
     assert client.get(f"{site.url}/reports/runs/green/2020-01/v1-0123456789/{layout.REPORT}").status_code == 200
     key = (site.state / "secret-key").read_bytes()
+    (folder / "notes.md").write_text("not a report")
     for path in ("runs/green/2020-01/v1-0123456789/booster.ubj", "%2E%2E/state/secret-key",
                  "runs/green/2020-01/%2E%2E/%2E%2E/%2E%2E/%2E%2E/state/secret-key"):
         answer = client.get(f"{site.url}/reports/{path}", allow_redirects=False)
+        assert answer.status_code == 404 and key not in answer.content and b"not a report" not in answer.content, path
+    for path in ("runs/green/2020-01/v1-0123456789/notes.md", "runs/green/2020-01/v1-0123456789/booster.ubj",
+                 "%2E%2E/state/secret-key"):  # nor downloaded raw
+        answer = client.get(f"{site.url}/raw/{path}", allow_redirects=False)
         assert answer.status_code == 404 and key not in answer.content and b"not a report" not in answer.content, path
 
 

@@ -29,5 +29,6 @@ def test_the_report_route_serves_the_reports_and_plots_of_run_folders_only():
     for path in ("runs/green/2021-01/v1-0123456789/booster.ubj", "runs/green/2021-01/v1-0123456789/registration.json",
                  "runs/red/2021-01/v1-0123456789/report.md", "runs/green/2021-1/v1-0123456789/report.md",
                  "runs/green/2021-01/v1/x/report.md", "../state/secret-key", "runs/green/2021-01/v1-0a/report.mdx",
+                 "runs/green/2021-01/../report.md", "runs/green/2021-01/./report.md",
                  "clean/v2-0a/green/2021-01.parquet", "logs/TrainModel/x/a.log", "/etc/passwd"):
         assert not REPORT_PATH.fullmatch(path), path
