@@ -200,9 +200,9 @@ def s3(tmp_path_factory) -> SeaweedS3:
 def test_an_s3_store_is_collected_like_a_folder(tmp_path, s3, sampled_tlc):
     """The same A then B on an S3 store: the dry run lists what A made but the raw months, --delete removes exactly
     those objects, and the champion's month and its scoring still complete with every kept object as it was."""
-    s3.create_bucket("gc")
-    listing = lambda: {key.removeprefix("store/"): etag for key, etag in s3.keys("gc", "store/").items()}  # noqa: E731
-    history = make_history(tmp_path, {"store": "s3://gc/store", "source": str(sampled_tlc)}, listing, s3.env,
+    s3.create_bucket("retention")
+    listing = lambda: {key.removeprefix("store/"): etag for key, etag in s3.keys("retention", "store/").items()}  # noqa: E731
+    history = make_history(tmp_path, {"store": "s3://retention/store", "source": str(sampled_tlc)}, listing, s3.env,
                            extra={"s3": {"endpoint_url": s3.endpoint, "region_name": "us-east-1"}},
                            feature_change=False)
     before = listing()
