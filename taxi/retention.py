@@ -261,11 +261,11 @@ def aliased_versions(colors: Iterable[str]) -> list[Aliased]:
 def plan(store: str, registry: str, keep_months: int, min_age_hours: float) -> tuple[Plan, list[str]]:
     """The store's files sorted out against the registry's aliases now and the current settings; and notes."""
     files = storage.list_files(store)
-    targets = [f.path for f in files if not is_temporary(f.path) and parse(f.path)]
-    parsed = {path: parse(path) for path in targets}
+    parsed = {f.path: found for f in files if not is_temporary(f.path) and (found := parse(f.path))}
+    targets = list(parsed)
     aliased = aliased_versions(data.COLORS)
     registrations = [(posixpath.dirname(path), storage.read_json(storage.target(store, path)))
-                     for path in targets if parsed[path][0] == REGISTRATION]
+                     for path, (template, _) in parsed.items() if template == REGISTRATION]
     keep, notes = registration_needs(registrations, aliased, registry, targets)
     for version in aliased:  # what re-scoring each month it scored takes
         scored = sorted({fields["ym"] for template, fields in parsed.values() if template in SCORE_FILES
@@ -287,7 +287,7 @@ def report(plan: Plan, min_age_hours: float, deleted: bool) -> str:
     reasons: dict[str, int] = {}
     for why in plan.kept.values():
         reasons[why] = reasons.get(why, 0) + 1
-    lines = [f"kept {len(plan.kept)} files, {plan.kept_bytes:,} bytes:"]
+    lines = [f"kept {len(plan.kept)} files, {plan.kept_bytes:,} bytes{':' if plan.kept else ''}"]
     lines += [f"  {count:>5}  {why}" for why, count in sorted(reasons.items(), key=lambda item: -item[1])]
     stale_bytes = sum(f.size for f in plan.stale)
     lines.append(f"stale {len(plan.stale)} files, {stale_bytes:,} bytes{':' if plan.stale else ''}")
