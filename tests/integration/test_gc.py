@@ -12,6 +12,7 @@ import re
 import subprocess
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -54,7 +55,7 @@ class History:
     workdir: Path
     configs: dict[str, Path]
     snapshots: dict[str, dict[str, object]]  # after each step: the store's listing
-    files: object  # () -> the store's listing now
+    files: Callable[[], dict[str, object]]  # the store's listing now
     env: dict[str, str]
 
     def added(self, step: str, before: str) -> set[str]:
@@ -124,6 +125,9 @@ def test_dry_run_lists_what_only_the_replaced_settings_made_and_delete_removes_e
     assert set(after) == set(before) - stale
     assert after == {path: mtime for path, mtime in before.items() if path not in stale}  # kept files untouched
     assert listed(succeeded(gc(local.configs["C"], "--min-age-hours", "0")).stdout) == set()
+    client = MlflowClient(f"sqlite:///{local.workdir}/mlflow.db")  # the registry as it was: gc touches the store only
+    assert len(client.search_model_versions(f"name='{MODEL}'")) == 3
+    assert {alias: int(v) for alias, v in client.get_registered_model(MODEL).aliases.items()} == {"champion": 2}
 
     # the champion's month and its scoring still complete, without running anything again
     for settings, args in (("B", ("RegisterModel", *JANUARY)), ("C", ("ScoreMonth", *FEBRUARY))):
