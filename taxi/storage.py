@@ -19,7 +19,7 @@ import shutil
 import socket
 import tempfile
 from contextlib import contextmanager, suppress
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any, Callable, Iterator, NamedTuple
 
 import botocore.exceptions
 import luigi
@@ -334,3 +334,64 @@ def list_targets(store: str, prefix: str, suffix: str) -> list[str]:
     paths = [os.path.relpath(os.path.join(folder, name), store)
              for folder, _, names in os.walk(os.path.join(store, prefix)) for name in names]
     return sorted(path for path in paths if path.endswith(suffix))
+
+
+class StoredFile(NamedTuple):
+    """One file (local) or object (S3) of the store: its path relative to the store, bytes and modification time."""
+
+    path: str
+    size: int
+    modified: float  # seconds since the epoch
+
+
+def list_files(store: str) -> list[StoredFile]:
+    """Every file under the store, sorted by path (none when the store does not exist)."""
+    if is_s3(store):
+        client, root = s3_client(), f"{store.rstrip('/')}/"
+        with s3_errors_named(client, root):
+            objects = list(client.listdir(root, return_key=True))
+        prefix = len(S3Client._path_to_bucket_and_key(root)[1])
+        found = [StoredFile(obj.key[prefix:], obj.size, obj.last_modified.timestamp()) for obj in objects]
+    else:
+        found = []
+        for folder, _, names in os.walk(store):
+            for name in names:
+                with suppress(FileNotFoundError):  # a temporary file renamed meanwhile
+                    info = os.stat(os.path.join(folder, name))
+                    found.append(StoredFile(os.path.relpath(os.path.join(folder, name), store), info.st_size,
+                                            info.st_mtime))
+    return sorted(found)
+
+
+def delete_files(store: str, paths: list[str]) -> None:
+    """Delete these files (paths relative to the store); a local folder left empty goes too, the store's own stays."""
+    if is_s3(store):
+        client, root = s3_client(), f"{store.rstrip('/')}/"
+        bucket, prefix = S3Client._path_to_bucket_and_key(root)
+        for first in range(0, len(paths), 1000):  # S3's most keys per request
+            keys = [{"Key": prefix + path} for path in paths[first:first + 1000]]
+            with s3_errors_named(client, root):
+                answer = client.s3.meta.client.delete_objects(Bucket=bucket, Delete={"Objects": keys})
+            if answer.get("Errors"):
+                error = answer["Errors"][0]
+                raise StoreRefused(f"S3 endpoint {endpoint(client)} did not delete {root}{error['Key'][len(prefix):]} "
+                                   f"({error['Code']} {error['Message']}) nor {len(answer['Errors']) - 1} more")
+        return
+    root = os.path.abspath(store)
+    for path in paths:
+        with suppress(FileNotFoundError):
+            os.remove(os.path.join(root, path))
+        folder = os.path.dirname(os.path.join(root, path))
+        while folder != root and folder.startswith(root + os.sep):
+            try:
+                os.rmdir(folder)
+            except OSError:  # not empty (or gone): its parents are not empty either
+                break
+            folder = os.path.dirname(folder)
+
+
+def relative(store: str, tgt: luigi.Target) -> str:
+    """A target's path relative to the store (the form taxi.layout gives)."""
+    if is_s3(store):
+        return tgt.path[len(store.rstrip("/")) + 1:]
+    return os.path.relpath(tgt.path, store)

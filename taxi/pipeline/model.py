@@ -7,7 +7,7 @@ import time
 
 import luigi
 
-from taxi import layout, notify, storage
+from taxi import layout, notify, retention, storage
 from taxi.config import MlflowConfig, TaxiConfig
 from taxi.drift import DriftSettings
 from taxi.pipeline.base import TrainingTask
@@ -207,7 +207,9 @@ class RegisterModel(TrainingTask):
         for name, content in files.items():
             storage.write_bytes(content, self.output()[name])
         tracking.log_files(registration["run_id"], files, "report")
-        storage.write_json(registration, self.output()[layout.REGISTRATION])
+        # what rebuilding this version and its report takes, for scripts/gc (taxi.retention)
+        needs = retention.needs([self], TaxiConfig().store)
+        storage.write_json({**registration, "needs": needs}, self.output()[layout.REGISTRATION])
         notify.post(notify.decision_text(registration, self.ym, self.output()[layout.REPORT].path))
 
     def _log_again(self) -> tuple[str, str]:

@@ -152,3 +152,12 @@ def test_the_settings_tables_give_the_code_s_defaults(heading, family):
     for name, value in documented.items():
         default = params[name]._default
         assert (str(default).lower() if isinstance(default, bool) else str(default)) == value, name
+
+
+def test_the_retention_table_gives_the_code_s_defaults():
+    """docs/operations.md "Retention settings" gives every `[gc]` setting the default taxi.retention has."""
+    from taxi.retention import RetentionConfig
+
+    documented = {row[0].strip("`"): row[1] for row in table_rows(ROOT / "docs" / "operations.md",
+                                                                  "Retention settings")}
+    assert documented == {name: str(param._default) for name, param in RetentionConfig.get_params()}
