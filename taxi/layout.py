@@ -84,4 +84,4 @@ def templates() -> list[str]:
     """Every path the pipeline writes, as a template: the table of docs/pipeline.md lists exactly these."""
     return [RAW, RAW_META, CLEAN, CLEAN_STATS, *(FEATURES.replace("{name}", n) for n in FEATURE_FILES), TUNING,
             *(RUN.replace("{name}", n) for n in RUN_FILES), *(SCORE.replace("{name}", n) for n in SCORE_FILES),
-            TASK_LOG, TASK_LOG_RECORD]
+            TASK_LOG, TASK_LOG_RECORD, REGISTRY_RECORD]

@@ -5,8 +5,9 @@ Kept: every target that a registered version with an alias needs to be rebuilt, 
 behind its RegisterModel, recorded in its registration.json as `needs`, and the graph of each month it scored); the
 targets of the current settings' graph for the newest `[gc] keep_months` months of each color; and every file
 modified in the last `[gc] min_age_hours`, since a running task may be writing it (under a Luigi temporary name) or
-be about to read it. Any other file at a path taxi.layout declares, or a Luigi temporary, is stale. Task logs and
-files the layout does not declare are left alone. Nothing here touches the registry's versions or aliases.
+be about to read it. Any other file at a path taxi.layout declares, or a Luigi temporary, is stale. Task logs, the
+store's registry record and files the layout does not declare are left alone. Nothing here touches the registry's
+versions or aliases.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from taxi.promotion import CHAMPION
 log = logging.getLogger("taxi.retention")  # not __name__: that is "__main__" under python -m
 
 TEMPORARY = re.compile(r"-luigi-tmp-\d+$")  # Luigi writes a target under its path plus this, then renames it
-MANAGED = [t for t in layout.templates() if t not in (layout.TASK_LOG, layout.TASK_LOG_RECORD)]
+MANAGED = [t for t in layout.templates() if t not in (layout.TASK_LOG, layout.TASK_LOG_RECORD, layout.REGISTRY_RECORD)]
 REGISTRATION = layout.RUN.replace("{name}", layout.REGISTRATION)
 SCORE_FILES = [layout.SCORE.replace("{name}", name) for name in layout.SCORE_FILES]
 CURRENT = "the current settings' targets of the newest {months} months"

@@ -35,7 +35,7 @@ def test_the_templates_are_every_path_written_each_once_and_inside_the_store():
     made = [*layout.raw("green", 2021, 1).values(), *layout.clean("green", 2021, 1, KEY).values(),
             *layout.features("green", 2021, 1, KEY).values(), layout.tuning("green", 2021, 1, KEY),
             *layout.run("green", 2021, 1, KEY).values(), *layout.scores("green", 2021, 1, 1).values(),
-            *layout.task_log("TrainModel", "TrainModel_x", "a1").values()]
+            *layout.task_log("TrainModel", "TrainModel_x", "a1").values(), layout.REGISTRY_RECORD]
     templates = layout.templates()
     assert len(set(templates)) == len(templates) == len(made)
     as_patterns = [re.compile(re.sub(r"\\\{\w+\\\}", "[^/]+", re.escape(t))) for t in templates]
