@@ -39,12 +39,11 @@ def connect(tracking_uri: str, experiment: str, artifact_location: str | None = 
     `artifact_location` applies to a new experiment on a local database; a server decides its own.
     """
     credentials = split_credentials(tracking_uri)[1]
+    check_login(tracking_uri, experiment)
     tracking_uri = tracking_identity(tracking_uri)
     if credentials:
         os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = credentials
     server = tracking_uri.split(":", 1)[0] in ("http", "https")
-    if server:
-        check_server(tracking_uri, experiment, credentials or _env_credentials())
     with local_registry_lock(tracking_uri):  # two processes creating one new sqlite database at once fail
         database = local_database(tracking_uri)
         if database not in (None, ":memory:"):
@@ -54,6 +53,15 @@ def connect(tracking_uri: str, experiment: str, artifact_location: str | None = 
             mlflow.create_experiment(experiment, artifact_location=artifact_location)
         mlflow.set_experiment(experiment)
     return tracking_uri
+
+
+def check_login(tracking_uri: str, experiment: str) -> None:
+    """For a tracking server, check_server with the credentials of the URI, else of the environment (MLflow's
+    MLFLOW_TRACKING_USERNAME/PASSWORD); nothing for a local database."""
+    credentials = split_credentials(tracking_uri)[1]
+    tracking_uri = tracking_identity(tracking_uri)
+    if tracking_uri.split(":", 1)[0] in ("http", "https"):
+        check_server(tracking_uri, experiment, credentials or _env_credentials())
 
 
 def check_server(tracking_uri: str, experiment: str, auth: tuple[str, str] | None) -> None:

@@ -8,6 +8,7 @@ line that says what to set. On PostgreSQL (the cluster drop-in), the same refusa
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import threading
@@ -19,6 +20,7 @@ import requests
 from taxi import layout, registry
 from tests.support.luigi_process import private_lock
 from tests.support.mlflow_auth import AuthMlflow, Login
+from tests.support.paths import BIN
 from tests.support.postgres import Postgres
 from tests.support.runs import SMALL_TUNING, run_luigi, write_config
 from tests.support.store import one_file, run_file
@@ -138,8 +140,8 @@ def test_no_credentials_or_wrong_ones_are_refused_on_every_route(server, month, 
 def test_a_reader_cannot_move_the_alias(server, month):
     version = admin_call(server, "GET", f"{API}/model-versions/get?name={MODEL}&version=1")["model_version"]
     second = admin_call(server, "POST", f"{API}/model-versions/create", json={
-        "name": MODEL, "source": version["source"], "run_id": version["run_id"], "model_id": registry.logged_model_id(version["source"]),
-    })["model_version"]["version"]
+        "name": MODEL, "source": version["source"], "run_id": version["run_id"],
+        "model_id": registry.logged_model_id(version["source"])})["model_version"]["version"]
     experiment_id = admin_call(server, "GET", f"{API}/experiments/get-by-name?experiment_name={EXPERIMENT}")[
         "experiment"]["experiment_id"]
     reader = new_user(server, "reader", {("registered_model", MODEL): "READ", ("experiment", experiment_id): "READ"})
@@ -236,6 +238,20 @@ def test_a_run_without_the_right_login_fails_in_one_line_saying_what_to_set(serv
     assert "a-wrong-password" not in failed.stdout + failed.stderr
 
 
+def test_a_scheduled_run_with_a_wrong_login_stops_at_once_in_one_line(server, month, tmp_path, sampled_tlc):
+    """scripts/run-monthly (taxi-train@.service) checks the login before it looks for a month or downloads one."""
+    config = profile(tmp_path / "server.cfg", server, tmp_path / "store", sampled_tlc)
+    env = {**os.environ, "LUIGI_CONFIG_PATH": str(config), "MLFLOW_TRACKING_USERNAME": "taxi",
+           "MLFLOW_TRACKING_PASSWORD": "a-wrong-password"}
+    done = subprocess.run([str(BIN / "python"), "-m", "taxi.monthly", "green", "--as-of", "2021-04-20"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 30, done.stderr[-3000:]  # [retcode] task_failed
+    assert done.stderr.splitlines() == [
+        f"ERROR: taxi.monthly: the MLflow server at {server.url} refused the credentials of user 'taxi': set "
+        f"MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to the pipeline's MLflow user (docs/security.md)"]
+    assert not (tmp_path / "store").exists()
+
+
 def test_on_postgresql_the_cluster_server_refuses_strangers_and_knows_its_users(tmp_path):
     """systemd/cluster/mlflow.service.d: users and grants in the database mlflow_auth (artifacts in a folder here,
     not the bucket)."""
@@ -245,7 +261,13 @@ def test_on_postgresql_the_cluster_server_refuses_strangers_and_knows_its_users(
         server.start()
         config = write_config(tmp_path / "cluster.cfg", {"mlflow": {"tracking_uri": server.url}})
         users = server.make_users(config)
+        experiment_id = admin_call(server, "GET", f"{API}/experiments/get-by-name?experiment_name={EXPERIMENT}")[
+            "experiment"]["experiment_id"]
+        grant = {"username": "taxi", "resource_type": "experiment", "resource_id": experiment_id}
+        admin_call(server, "POST", "/api/3.0/mlflow/users/permissions/revoke", json=grant)
+        admin_call(server, "POST", GRANT, json={**grant, "permission": "MANAGE"})  # as if taxi had created it
         again = server.make_users(config)
+        permission = admin_call(server, "GET", "/api/3.0/mlflow/users/permissions/get", params=grant)["permission"]
         stranger = requests.get(f"{server.url}{API}/experiments/get-by-name", params={"experiment_name": EXPERIMENT},
                                 timeout=30)
         taxi = server.as_user(server.taxi).get(f"{server.url}{API}/experiments/get-by-name",
@@ -258,6 +280,7 @@ def test_on_postgresql_the_cluster_server_refuses_strangers_and_knows_its_users(
         pg.stop()
     assert users.returncode == again.returncode == 0, users.stderr + again.stderr
     assert f"{server.url}: user taxi: password set" in again.stdout  # a rerun updates, nothing fails
+    assert permission == "EDIT"  # and takes back more than EDIT
     assert stranger.status_code == 401 and taxi.status_code == 200
     assert taxi.json()["experiment"]["name"] == EXPERIMENT
     assert known == ["admin", "taxi"]
