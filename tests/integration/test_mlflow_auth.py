@@ -2,7 +2,8 @@
 without a login, a user with READ cannot move an alias, a user without grants sees nothing, the pipeline's user
 (made by scripts/mlflow-users) runs a whole month that registers and moves the alias but cannot grant or delete, no
 password anywhere the pipeline writes or in the process listing, and a run with a wrong or missing login fails in one
-line that says what to set. On PostgreSQL (the cluster drop-in), the same refusals and users.
+line that says what to set. On PostgreSQL (the cluster drop-in), the same refusals and users, and a month of the
+cluster profile run by a worker host and a submitting host with the login in their environment.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import pytest
 import requests
 
 from taxi import layout, registry
+from tests.support.cluster import Cluster, luigid_server, worker_host, write_months
 from tests.support.luigi_process import private_lock
 from tests.support.mlflow_auth import AuthMlflow, Login
-from tests.support.paths import BIN
+from tests.support.paths import BIN, ROOT
 from tests.support.postgres import Postgres
 from tests.support.runs import SMALL_TUNING, run_luigi, write_config
 from tests.support.store import one_file, run_file
@@ -289,3 +291,44 @@ def test_on_postgresql_the_cluster_server_refuses_strangers_and_knows_its_users(
     assert taxi.json()["experiment"]["name"] == EXPERIMENT
     assert known == ["admin", "taxi"]
     assert [name for name, secret in server.secrets.items() if secret in dump] == []
+
+
+def test_a_cluster_month_with_the_login_in_the_environment_registers_and_moves_the_alias(tmp_path_factory, tlc_dir):
+    """tests/support/cluster.py with the MLflow server of the cluster drop-in: a worker host (scripts/worker) and a
+    submitting host (scripts/backfill), each with the S3 keys and the pipeline's login in its environment only."""
+    cluster = Cluster(tmp_path_factory.mktemp("cluster")).start(services=False)
+    try:
+        cluster.upload(write_months(cluster.workdir, tlc_dir, [(2022, 1), (2022, 2)], 5_000))
+        server = cluster.mlflow = AuthMlflow(cluster.workdir / "mlflow", pg=cluster.pg, env={
+            "MLFLOW_S3_ENDPOINT_URL": cluster.s3.endpoint, **cluster.s3.env}).start()
+        cluster.luigid = luigid_server(cluster.workdir / "luigid", cluster.pg, "luigid")
+        config = cluster.profile(cluster.base / "cluster.cfg", {"taxi": {"threads": "1"},
+                                                                  "TuneHyperparams": SMALL_TUNING})
+        users = server.make_users(config)
+        assert users.returncode == 0, users.stderr
+        worker, submitter = cluster.add_hosts("worker-1", "submitter")
+        env = {**cluster.s3.env, **server.taxi.env, "PYTHONPATH": str(ROOT)}  # this checkout's taxi on every host
+        with ProcessListing() as listing:
+            worker_host(worker, config, env)
+            backfill = submitter.start([str(ROOT / "scripts" / "backfill"), "green", "2022-01", "2022-01"], config,
+                                       env)
+            backfill.wait(900)
+        with cluster.pg.connect("mlflow") as db:
+            champion = db.execute("SELECT version FROM registered_model_aliases WHERE name = %s AND alias = %s",
+                                  (MODEL, "champion")).fetchall()
+            registered = db.execute("SELECT count(*) FROM model_versions WHERE name = %s", (MODEL,)).fetchone()[0]
+        texts = {str(path): path.read_bytes() for path in cluster.workdir.rglob("*.log")}
+        texts.update({f"PostgreSQL database {name}": cluster.pg.dump(name).encode()
+                      for name in ("mlflow", "mlflow_auth", "luigid")})
+        texts.update({key: cluster.s3.client().get_object(Bucket="taxi", Key=key)["Body"].read()
+                      for key in cluster.s3.keys("taxi")})
+        texts["ps -ef"] = "\n".join(listing.samples).encode()
+    finally:
+        cluster.stop()
+    assert backfill.returncode in (0, 25), submitter.log.read_text()[-3000:]  # 25: tasks the worker host ran
+    assert (champion, registered) == ([(1,)], 1)
+    assert "scripts/worker --workers 1" in texts["ps -ef"].decode() and any(
+        key.endswith("/registration.json") for key in texts)
+    leaks = [(where, name) for where, text in texts.items() for name, secret in server.secrets.items()
+             if secret.encode() in text]
+    assert leaks == []
