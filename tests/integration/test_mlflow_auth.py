@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import sqlite3
 import subprocess
 import threading
@@ -25,6 +26,7 @@ from tests.support.mlflow_auth import AuthMlflow, Login
 from tests.support.paths import BIN, ROOT
 from tests.support.postgres import Postgres
 from tests.support.runs import SMALL_TUNING, run_luigi, write_config
+from tests.support.services import free_port
 from tests.support.store import one_file, run_file
 
 MODEL = registry.model_name("green")
@@ -256,6 +258,35 @@ def test_a_scheduled_run_with_a_wrong_login_stops_at_once_in_one_line(server, mo
         f"ERROR: taxi.monthly: the MLflow server at {server.url} refused the credentials of user 'taxi': set "
         f"MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to the pipeline's MLflow user (docs/security.md)"]
     assert not (tmp_path / "store").exists()
+
+
+def test_the_services_script_starts_mlflow_with_its_users_when_given_the_passwords(tmp_path):
+    """`scripts/services start` with MLFLOW_AUTH_ADMIN_PASSWORD and MLFLOW_TRACKING_PASSWORD exported: the basic-auth
+    app, the taxi user with EDIT, and neither password on a command line or in a file of var/."""
+    admin, taxi = (secrets.token_urlsafe(24) for _ in range(2))
+    ports = {"LUIGID_PORT": str(free_port()), "MLFLOW_PORT": str(free_port())}
+    env = {**os.environ, "TAXI_VAR": str(tmp_path / "var"), "MLFLOW_AUTH_ADMIN_PASSWORD": admin,
+           "MLFLOW_TRACKING_PASSWORD": taxi, **ports}
+    env.pop("LUIGI_CONFIG_PATH", None)
+    services = str(ROOT / "scripts" / "services")
+    url = f"http://127.0.0.1:{ports['MLFLOW_PORT']}"
+    try:
+        with ProcessListing() as listing:
+            started = subprocess.run([services, "start"], capture_output=True, text=True, env=env, timeout=300)
+        stranger = requests.get(f"{url}{API}/experiments/get-by-name", params={"experiment_name": EXPERIMENT},
+                                timeout=30)
+        user = requests.get(f"{url}{API}/experiments/get-by-name", params={"experiment_name": EXPERIMENT},
+                            auth=("taxi", taxi), timeout=30)
+    finally:
+        stopped = subprocess.run([services, "stop"], capture_output=True, text=True, env=env, timeout=120)
+    assert started.returncode == 0 and stopped.returncode == 0, started.stderr + stopped.stderr
+    assert f"{url}: experiment {EXPERIMENT} (id 1): EDIT for taxi" in started.stdout
+    assert (stranger.status_code, user.status_code) == (401, 200)
+    texts = {str(path): path.read_bytes() for path in (tmp_path / "var").rglob("*") if path.is_file()}
+    texts["ps -ef"] = "\n".join(listing.samples).encode()
+    texts["output"] = (started.stdout + started.stderr).encode()
+    assert "mlflow server --app-name basic-auth" in texts["ps -ef"].decode()
+    assert [where for where, text in texts.items() for secret in (admin, taxi) if secret.encode() in text] == []
 
 
 def test_on_postgresql_the_cluster_server_refuses_strangers_and_knows_its_users(tmp_path):
