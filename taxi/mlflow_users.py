@@ -134,7 +134,7 @@ def main() -> None:
             raise UsersError(f"[mlflow] tracking_uri is {tracking_uri}: users exist only on an MLflow server; set "
                              f"LUIGI_CONFIG_PATH to the profile of one (config/server.cfg, config/cluster.cfg)")
         admin = login_from_env("MLFLOW_AUTH_ADMIN_USERNAME", "admin", "MLFLOW_AUTH_ADMIN_PASSWORD")
-        pipeline = login_from_env(*USER_VARIABLES[:1], "taxi", USER_VARIABLES[1])
+        pipeline = login_from_env("MLFLOW_TRACKING_USERNAME", "taxi", "MLFLOW_TRACKING_PASSWORD")
         done = ensure_users(tracking_uri, admin, pipeline, settings.experiment,
                             [model_name(color) for color in data.COLORS])
     except UsersError as exc:
