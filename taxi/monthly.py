@@ -3,7 +3,8 @@ systemd/taxi-train@.service run: train and register the newest month published a
 `--score` (scripts/score, systemd/taxi-score@.service), score the newest published month with the champion.
 
 The exit status is Luigi's `[retcode]` one (luigi.cfg), so a failed or missing task fails the unit; no
-trainable (or published) month exits with `[retcode] missing_data`.
+trainable (or published) month exits with `[retcode] missing_data`; an MLflow server that is down or refuses the
+login, with `[retcode] task_failed` before anything else.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 import luigi.retcodes
 
 from taxi import config, data, schedule, source
+from taxi.tracking import TrackingUnavailable, check_login
 from taxi.urls import redact
 
 log = logging.getLogger("taxi.monthly")  # not __name__: that is "__main__" under python -m
@@ -31,6 +33,12 @@ def main(argv: list[str] | None = None) -> None:
     args, luigi_args = parser.parse_known_args(argv)
     config.load()
     config.configure_logging()
+    mlflow_settings = config.MlflowConfig()
+    try:  # a wrong login fails here, in one line, before anything is downloaded
+        check_login(mlflow_settings.uri, mlflow_settings.experiment)
+    except TrackingUnavailable as exc:
+        log.error("%s", exc)
+        sys.exit(luigi.retcodes.retcode().task_failed)
     where = config.TaxiConfig().source
     if args.score:
         found = schedule.newest_published_month(args.color, where, args.as_of, source.published)

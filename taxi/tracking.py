@@ -27,6 +27,10 @@ class TrackingUnavailable(RuntimeError):
     """The MLflow tracking server cannot be reached."""
 
 
+class TrackingRefused(TrackingUnavailable):
+    """The MLflow tracking server refuses this process's credentials (its basic-auth app)."""
+
+
 def connect(tracking_uri: str, experiment: str, artifact_location: str | None = None) -> str:
     """Point mlflow at `tracking_uri` (failing fast and clearly if a server is down), pick the experiment and return
     the URI without credentials, the only form that is ever logged or recorded.
@@ -35,19 +39,11 @@ def connect(tracking_uri: str, experiment: str, artifact_location: str | None = 
     `artifact_location` applies to a new experiment on a local database; a server decides its own.
     """
     credentials = split_credentials(tracking_uri)[1]
+    check_login(tracking_uri, experiment)
     tracking_uri = tracking_identity(tracking_uri)
     if credentials:
         os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = credentials
     server = tracking_uri.split(":", 1)[0] in ("http", "https")
-    if server:
-        auth = credentials or _env_credentials()
-        try:
-            requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=5, auth=auth).raise_for_status()
-        except requests.RequestException as exc:
-            raise TrackingUnavailable(
-                f"MLflow tracking server {tracking_uri} is not reachable ({type(exc).__name__}); start it "
-                f"(scripts/services start) or set [mlflow] tracking_uri / MLFLOW_TRACKING_URI"
-            ) from None
     with local_registry_lock(tracking_uri):  # two processes creating one new sqlite database at once fail
         database = local_database(tracking_uri)
         if database not in (None, ":memory:"):
@@ -57,6 +53,39 @@ def connect(tracking_uri: str, experiment: str, artifact_location: str | None = 
             mlflow.create_experiment(experiment, artifact_location=artifact_location)
         mlflow.set_experiment(experiment)
     return tracking_uri
+
+
+def check_login(tracking_uri: str, experiment: str) -> None:
+    """For a tracking server, check_server with the credentials of the URI, else of the environment (MLflow's
+    MLFLOW_TRACKING_USERNAME/PASSWORD); nothing for a local database."""
+    credentials = split_credentials(tracking_uri)[1]
+    tracking_uri = tracking_identity(tracking_uri)
+    if tracking_uri.split(":", 1)[0] in ("http", "https"):
+        check_server(tracking_uri, experiment, credentials or _env_credentials())
+
+
+def check_server(tracking_uri: str, experiment: str, auth: tuple[str, str] | None) -> None:
+    """Fail with one line saying what to do when the server at `tracking_uri` is down, refuses `auth` (its
+    basic-auth app) or lets that user not read `experiment`: the first thing every process asks of it."""
+    base = tracking_uri.rstrip("/")
+    try:
+        requests.get(f"{base}/health", timeout=5, auth=auth).raise_for_status()
+        # /health answers anyone: reading the experiment is what needs a login (404: not created yet, allowed)
+        reply = requests.get(f"{base}/api/2.0/mlflow/experiments/get-by-name", timeout=30, auth=auth,
+                             params={"experiment_name": experiment})
+    except requests.RequestException as exc:
+        raise TrackingUnavailable(
+            f"MLflow tracking server {tracking_uri} is not reachable ({type(exc).__name__}); start it "
+            f"(scripts/services start) or set [mlflow] tracking_uri / MLFLOW_TRACKING_URI"
+        ) from None
+    if reply.status_code == 401:
+        given = f"refused the credentials of user {auth[0]!r}" if auth else "requires credentials"
+        raise TrackingRefused(f"the MLflow server at {tracking_uri} {given}: set MLFLOW_TRACKING_USERNAME and "
+                              f"MLFLOW_TRACKING_PASSWORD to the pipeline's MLflow user (docs/security.md)")
+    if reply.status_code == 403:
+        user = auth[0] if auth else "anonymous"
+        raise TrackingRefused(f"the MLflow server at {tracking_uri} does not let user {user!r} read experiment "
+                              f"{experiment!r}: grant it with scripts/mlflow-users (docs/security.md)")
 
 
 @contextmanager
