@@ -192,7 +192,7 @@ def rollback_command(args: argparse.Namespace) -> int:
                             requested=dt.datetime.now(dt.timezone.utc).isoformat())
     log.info("rolling the champion of %s back from v%s to v%s (under the decision lock)",
              registry.model_name(args.color), current, version)
-    result = luigi.build([task], detailed_summary=True, workers=1)
+    result = luigi.build([task], detailed_summary=True, workers=1, log_level="WARNING")
     if task.refused is not None:
         log.error("%s", task.refused)
         return 2
