@@ -180,6 +180,7 @@ def rollback_command(args: argparse.Namespace) -> int:
     """Check the request at once, then make it in the RollBackChampion task under the decision lock; the exit
     status (0 moved, 1 failed, 2 refused)."""
     import luigi
+    import luigi.configuration
 
     from taxi.pipeline.operations import RollBackChampion
 
@@ -192,6 +193,8 @@ def rollback_command(args: argparse.Namespace) -> int:
                             requested=dt.datetime.now(dt.timezone.utc).isoformat())
     log.info("rolling the champion of %s back from v%s to v%s (under the decision lock)",
              registry.model_name(args.color), current, version)
+    # a worker without keep_alive gives up at once when a decision holds the resource; this one waits its turn
+    luigi.configuration.get_config().set("worker", "keep_alive", "true")
     result = luigi.build([task], detailed_summary=True, workers=1, log_level="WARNING")
     if task.refused is not None:
         log.error("%s", task.refused)
