@@ -113,8 +113,8 @@ def previous_champion(current: int, found: dict[int, Version]) -> int:
                               f"{decided.decision}), so there is no previous champion to go back to: name the "
                               f"version with --to (versions: {listed(found)})")
     if decided.previous_champion is None:
-        raise RollbackRefused(f"v{current} was the first champion: there is none before it (versions: "
-                              f"{listed(found)})")
+        raise RollbackRefused(f"v{current} was the first champion: there is none before it; name a version with "
+                              f"--to (versions: {listed(found)})")
     return decided.previous_champion
 
 
