@@ -19,6 +19,7 @@ import re
 import secrets
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select, WebDriverWait
 from werkzeug.security import generate_password_hash
 
-from taxi import alias_history, layout, registry
+from taxi import alias_history, layout, promotion, registry, rollback, tracking
 from taxi.web.settings import HASH_ENV
 from tests.integration.test_registry import rescored
 from tests.support.browser import headless_chromium
@@ -315,3 +316,46 @@ def test_a_move_is_recorded_once_though_an_attempt_was_interrupted_and_not_at_al
     assert site.champion() == target and site.history() == history
     assert registry.move_alias(site.client, MODEL, "champion", target, "decision", "again", "root", "pipeline") is None
     assert site.history() == history
+
+
+def test_a_rollback_waits_for_a_decision_on_a_sqlite_registry(tmp_path):
+    """Without a scheduler, on one sqlite registry: a decision (v3, which beats v2) is held while it scores the
+    champion, inside the lock beside the database; a rollback to v1 started meanwhile (another thread: flock locks
+    are per open file) waits, then moves the alias from the decision's v3, not from the v2 the decision compared
+    with."""
+    tracking.connect(f"sqlite:///{tmp_path}/mlflow.db", "rollback", str(tmp_path / "artifacts"))
+    runs, rmse = {}, {"v1": 6.0, "v2": 5.0, "v3": 4.0}
+    for name in rmse:
+        with mlflow.start_run(run_name=name, tags={registry.MONTH_TAG: "2022-01"}) as run:
+            mlflow.log_text(name, "model/name.txt")
+        runs[name] = run.info.run_id
+
+    def register(name: str, score_version) -> None:
+        registry.register(MODEL, runs[name], f"runs:/{runs[name]}/model", rmse[name], score_version,
+                          lambda champion: promotion.decide("2022-01", rmse[name], champion, [], promotion.Policy()),
+                          promotion.Policy().accepted())
+
+    register("v1", lambda uri: pytest.fail("no champion to score"))
+    register("v2", lambda uri: rmse["v1"])
+    scoring, release = threading.Event(), threading.Event()
+
+    def held(uri: str) -> float:
+        scoring.set()
+        release.wait(30)
+        return rmse["v2"]
+
+    decision = threading.Thread(target=register, args=("v3", held))
+    decision.start()
+    assert scoring.wait(30)
+    rolled = threading.Thread(target=rollback.roll_back, args=("green", "1", "during a decision", "tester", "test"))
+    rolled.start()
+    rolled.join(3)  # without the lock it is done in well under a second
+    waited = rolled.is_alive()
+    release.set()
+    decision.join(60)
+    rolled.join(60)
+    assert waited
+    moves = alias_history.moves(MlflowClient().get_registered_model(MODEL).tags)
+    assert [(m.action, m.from_version, m.to_version) for m in moves] == [
+        ("decision", None, 1), ("decision", 1, 2), ("decision", 2, 3), ("rollback", 3, 1)]
+    assert {a: int(v) for a, v in MlflowClient().get_registered_model(MODEL).aliases.items()} == {"champion": 1}
