@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 from dataclasses import asdict
@@ -11,6 +12,8 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from taxi import alias_history
+from taxi.alias_history import Move
 from taxi.promotion import CHAMPION, Champion, Decision
 from taxi.tracking import local_registry_lock, runs_of_task
 from taxi.urls import redact
@@ -60,10 +63,29 @@ def register(name: str, run_id: str, model_uri: str, gate_rmse: float, score_ver
                 _call(f"record the decision on {name} v{version.version}", client.set_model_version_tag, name,
                       version.version, tag, value)
         if decision.alias:
-            _call(f"set the {decision.alias} alias of {name}", client.set_registered_model_alias, name,
-                  decision.alias, version.version)
+            move_alias(client, name, decision.alias, int(version.version), alias_history.DECISION, decision.reason,
+                       alias_history.os_user(), "pipeline", tuple(flag for flag, value in accepted.items() if value))
     log.info("%s version %s: %s", name, version.version, decision.reason)
     return int(version.version), decision
+
+
+def move_alias(client: MlflowClient, name: str, alias: str, version: int, action: str, why: str, who: str,
+               via: str, accepted: tuple[str, ...] = ()) -> Move | None:
+    """Point `alias` of `name` at `version`, first appending the move to the alias history; None when the alias is
+    there already. A move an interrupted attempt recorded but did not make is made without a second entry. Call it
+    under the decision lock (local_registry_lock, and the scheduler's mlflow_registry resource)."""
+    model = _call(f"read {name}", client.get_registered_model, name)
+    current = model.aliases.get(alias)
+    current = None if current is None else int(current)
+    if current == version:
+        return None
+    move = Move(dt.datetime.now(dt.timezone.utc), alias, current, version, action, why, who, via, accepted)
+    latest = next((m for m in reversed(alias_history.moves(model.tags)) if m.alias == alias), None)
+    if latest is None or (latest.from_version, latest.to_version) != (current, version):
+        _call(f"record the move of the {alias} alias of {name}", client.set_registered_model_tag, name, move.key(),
+              move.encode())
+    _call(f"set the {alias} alias of {name}", client.set_registered_model_alias, name, alias, str(version))
+    return move
 
 
 def input_contract(model_uri: str) -> tuple[str, ...]:

@@ -24,7 +24,7 @@ import requests
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from taxi import config, data, layout, registry, storage, store_registry, tracking
+from taxi import alias_history, config, data, layout, registry, storage, store_registry, tracking
 from taxi.promotion import CHALLENGER, CHAMPION
 from taxi.urls import redact
 
@@ -158,6 +158,33 @@ def color_section(store: str, tracking_uri: str, color: str) -> str:
     return text
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# The alias history (taxi.alias_history): every move of a color's aliases, by a decision or a rollback
+
+
+def alias_moves(color: str) -> list[alias_history.Move]:
+    """The alias moves of `color`'s registered model, oldest first (none if it does not exist)."""
+    try:
+        tags = MlflowClient().get_registered_model(registry.model_name(color)).tags
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return []
+        raise
+    return alias_history.moves(tags)
+
+
+def history_section(color: str) -> str:
+    """The alias history of `color` as a table, newest first, or one line saying there is none."""
+    name = registry.model_name(color)
+    moves = alias_moves(color)
+    if not moves:
+        return f"{name} alias history: no alias moved yet"
+    return f"{name} alias history (newest first)\n{aligned(alias_history.table(moves))}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
 def scheduler_url() -> str | None:
     """luigid's URL when runs use one ([core] local_scheduler = false), else None."""
     core = luigi.interface.core()
@@ -197,14 +224,16 @@ def scheduler_section(url: str | None) -> str:
 
 
 def status(colors: list[str]) -> str:
-    """The whole status text: the trained and the scored months of each color, then luigid's section."""
+    """The whole status text: the trained and the scored months and the alias history of each color, then luigid's
+    section."""
     store = config.TaxiConfig().store
     store = store if storage.is_s3(store) else os.path.abspath(store)
     settings = config.MlflowConfig()
     tracking_uri = tracking.connect(settings.uri, settings.experiment, settings.artifact_root)
     store_registry.check(store, settings.experiment, tracking_uri)
     sections = [section for color in colors
-                for section in (color_section(store, tracking_uri, color), score_section(store, color))]
+                for section in (color_section(store, tracking_uri, color), score_section(store, color),
+                                history_section(color))]
     return "\n\n".join([*sections, scheduler_section(scheduler_url())])
 
 

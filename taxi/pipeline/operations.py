@@ -1,5 +1,6 @@
-"""Tasks for operating the pipeline over time: a month's source file as an external dependency, and the
-one-parameter adapters RangeMonthly drives (scripts/backfill, scripts/run-monthly, scripts/score)."""
+"""Tasks for operating the pipeline over time: a month's source file as an external dependency, the
+one-parameter adapters RangeMonthly drives (scripts/backfill, scripts/run-monthly, scripts/score), and a rollback of
+the champion (scripts/champion)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import luigi
 from luigi.tools.range import RangeMonthly  # noqa: F401
 
 from taxi import data, source
-from taxi.config import TaxiConfig
+from taxi.config import MlflowConfig, TaxiConfig
 from taxi.pipeline.model import RegisterModel
 from taxi.pipeline.scoring import ScoreMonth
 
@@ -73,3 +74,37 @@ class ScoreMonthly(luigi.Task):
 
     def run(self):
         yield self.score_month()
+
+
+class RollBackChampion(luigi.Task):
+    """Moves a color's champion alias back (taxi.rollback.roll_back), holding the `mlflow_registry` resource as
+    RegisterModel's decision does, so a rollback and a decision never interleave. One task per request
+    (`requested`); `move` holds what it did."""
+
+    resources = {"mlflow_registry": 1}
+    color = luigi.ChoiceParameter(choices=data.COLORS, description="the color whose champion goes back")
+    to = luigi.Parameter(default="", description="the version to go back to; empty: the previous champion")
+    reason = luigi.Parameter(description="why, recorded in the alias history")
+    who = luigi.Parameter(description="who asked, recorded in the alias history")
+    via = luigi.Parameter(description="through what (scripts/champion, the operator page)")
+    requested = luigi.Parameter(description="when it was asked for: one task per request")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.move = self.refused = None
+        self.done = False
+
+    def complete(self) -> bool:
+        return self.done
+
+    def run(self):
+        from taxi import rollback, tracking
+
+        settings = MlflowConfig()
+        tracking.connect(settings.uri, settings.experiment, settings.artifact_root)
+        try:
+            self.move = rollback.roll_back(self.color, self.to or None, self.reason, self.who, self.via)
+        except rollback.RollbackRefused as exc:
+            self.refused = exc
+            raise
+        self.done = True

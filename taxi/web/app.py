@@ -1,5 +1,6 @@
 """The operator page's routes. Every route but the login page requires a session (one check, before any other);
-every form carries a CSRF token (Flask-WTF's CSRFProtect); failed logins are throttled."""
+every form carries a CSRF token (Flask-WTF's CSRFProtect); failed logins are throttled. The login's name is who the
+alias history records for a rollback made here."""
 
 from __future__ import annotations
 
@@ -7,16 +8,18 @@ import datetime as dt
 import logging
 import posixpath
 import re
+import subprocess
 
 import luigi
 import requests
-from flask import Flask, Response, abort, jsonify, redirect, render_template, request, session, url_for
+from flask import Flask, Response, abort, flash, jsonify, redirect, render_template, request, session, url_for
 from flask_wtf.csrf import CSRFProtect
 from markupsafe import Markup
 from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from taxi import config, data, layout, registry, status, storage, store_registry, tracking
+from taxi import config, data, layout, registry, rollback, status, storage, store_registry, tracking
 from taxi.web import observe, report_page
 from taxi.web.auth import Throttle, password_matches
 from taxi.web.runs import RUNNING, PlanFailed, Runs
@@ -33,6 +36,8 @@ CONTENT_POLICY = ("default-src 'self'; style-src 'self' 'unsafe-inline'; script-
 REPORT_POLICY = "default-src 'self'; style-src 'self' 'unsafe-inline'; script-src 'none'; frame-ancestors 'none'"
 REPORT_PATH = re.compile(layout.RUN.format(color=f"(?:{'|'.join(data.COLORS)})", ym=r"\d{4}-\d{2}", key=r"\w[\w.-]*",
                                            name=f"(?:{'|'.join(map(re.escape, layout.REPORT_FILES))})"))
+ROLLBACK_TIMEOUT = 300  # seconds for scripts/champion's rollback, waiting for the decision lock included
+OPERATOR_NAME = re.compile(r"[\w .@'-]{1,64}")  # the login's name, as the alias history records it
 READ_ERRORS = (MlflowException, tracking.TrackingUnavailable, storage.StoreUnreachable, storage.StoreRefused,
                storage.CorruptTarget, requests.RequestException, store_registry.OtherRegistry)
 
@@ -59,7 +64,7 @@ def create_app(settings: Settings, runs: Runs | None = None) -> Flask:
     @app.before_request
     def require_session():
         """Registered before CSRFProtect, so it answers first: no page, API answer or form without a session."""
-        if request.endpoint in PUBLIC or session.get("operator"):
+        if request.endpoint in PUBLIC or isinstance(session.get("operator"), str):  # the login's name
             return None
         if request.path.startswith("/api/"):
             return jsonify(error="log in first"), 401
@@ -88,10 +93,14 @@ def create_app(settings: Settings, runs: Runs | None = None) -> Flask:
             throttle.failed(client)
             log.warning("failed login from %s", client)
             return render_template("login.html", error="Wrong password."), 401
+        name = " ".join(request.form.get("name", "").split())
+        if not OPERATOR_NAME.fullmatch(name):
+            return render_template("login.html", error="Give your name (letters, digits, spaces, . @ ' -; at most 64): "
+                                                       "it is recorded with the champion moves you make."), 400
         session.clear()
         session.permanent = True
-        session["operator"] = True
-        log.info("login from %s", client)
+        session["operator"] = name
+        log.info("login of %s from %s", name, client)
         target = request.args.get("next", "")
         return redirect(target if is_local_path(target) else url_for("months"))
 
@@ -126,6 +135,50 @@ def create_app(settings: Settings, runs: Runs | None = None) -> Flask:
                 "version_url": tracking.version_url(registry.model_name(color), row.version) if in_registry else None,
                 "run_url": tracking.run_url(row.run_id) if in_registry else None,
                 "task_url": f"{settings.scheduler_url}/history/by_task_id/{row.task_id}"}
+
+    @app.get("/champions")
+    def champions():
+        return render_template("champions.html", colors=[champion_view(color) for color in data.COLORS])
+
+    def champion_view(color: str) -> dict:
+        """A color's versions with their decisions, the version a rollback goes back to by default, its alias
+        history; or the error that kept them from being read."""
+        view = {"color": color, "model": registry.model_name(color), "versions": [], "previous": None,
+                "champion": None, "history": [], "refused": None, "error": None}
+        try:
+            found, model = rollback.versions(MlflowClient(), view["model"])
+            view["champion"] = rollback.champion_of(model)
+            view["versions"] = [found[number] for number in sorted(found, reverse=True)]
+            view["history"] = list(reversed(status.alias_moves(color)))
+            view["previous"] = rollback.target(view["model"], None, view["champion"], found)
+        except rollback.RollbackRefused as exc:
+            view["refused"] = str(exc)
+        except READ_ERRORS as exc:
+            view["error"] = f"{type(exc).__name__}: {status.first_line(str(exc))}"
+        return view
+
+    @app.post("/champions/<color>/rollback")
+    def roll_back(color: str):
+        """scripts/champion's rollback, with the login's name as who: it takes the decision lock as the CLI does."""
+        if color not in data.COLORS:
+            abort(404)
+        command = [settings.python, "-m", "taxi.rollback", "rollback", color, f"--to={request.form.get('to', '')}",
+                   f"--reason={request.form.get('reason', '')}", f"--who={session['operator']}",
+                   "--via=operator page"]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, cwd=settings.checkout,
+                                  env=settings.run_env, timeout=ROLLBACK_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            done = subprocess.CompletedProcess(command, 1, "", f"ERROR: no answer within {ROLLBACK_TIMEOUT} s")
+        if done.returncode == 0:
+            flash(done.stdout.strip())
+            return redirect(url_for("champions"))
+        errors = [line.split(": ", 2)[-1] for line in done.stderr.splitlines() if line.startswith("ERROR: ")]
+        error = errors[-1] if errors else status.first_line(done.stderr[-2000:]) or f"exit {done.returncode}"
+        log.warning("rollback of %s by %s refused: %s", color, session["operator"], error)
+        return render_template("champions.html", colors=[champion_view(c) for c in data.COLORS],
+                               error=f"The champion of {registry.model_name(color)} did not move: {error}",
+                               values=request.form), 400 if done.returncode == 2 else 502
 
     def report_file(path: str) -> luigi.Target:
         """The store's file at `path` if it is a report or a plot of a run folder (REPORT_PATH) and exists; else 404."""

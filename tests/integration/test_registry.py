@@ -152,6 +152,12 @@ def test_a_model_with_another_input_contract_is_held_until_an_operator_accepts_i
     assert accepted["decision"] == expected and aliases(client)[expected] == 2
     assert accepted["reason"].endswith("; input contract change accepted (adds lpep_pickup_datetime (any))")
     assert json.loads(client.get_model_version(MODEL, "2").tags[registry.DECISION_TAG])["accept_contract_change"]
+    # the promotion in the alias history, with the flag it was made with (a key per move, sorted by time)
+    tags = client.get_registered_model(MODEL).tags
+    moves = [json.loads(tags[key]) for key in sorted(tags) if key.startswith("taxi.alias_history.")]
+    assert [(m["alias"], m["from"], m["to"], m.get("accepted")) for m in moves] == [
+        ("champion", None, 1, None), (expected, 1 if expected == "champion" else None, 2, ["accept_contract_change"])]
+    assert moves[-1]["why"] == accepted["reason"] and moves[-1]["via"] == "pipeline"
 
 
 @pytest.fixture

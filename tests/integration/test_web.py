@@ -43,6 +43,7 @@ from tests.support.runs import SMALL_TUNING, write_config
 from tests.support.services import Service, free_port, luigid_service, mlflow_service, wait_until
 from tests.support.store import one_file
 
+OPERATOR = "Ada Operator"  # the login's name
 RUN_TIMEOUT = 300  # seconds for one sampled month's RegisterModel (about 20 s here)
 DOCS = ROOT / "docs"
 
@@ -97,7 +98,8 @@ def logged_in(site: Site) -> requests.Session:
     """A client with a session, as a browser has after logging in."""
     client = requests.Session()
     done = client.post(f"{site.url}/login", data={"csrf_token": csrf_token(client.get(f"{site.url}/login").text),
-                                                  "password": site.password}, allow_redirects=False)
+                                                  "name": OPERATOR, "password": site.password},
+                         allow_redirects=False)
     assert done.status_code == 302, done.text
     return client
 
@@ -165,6 +167,7 @@ def browser_run(site, browser, tmp_path_factory) -> BrowserRun:
     browser.get(site.url)
     wait.until(expected_conditions.url_contains("/login"))
     shot("login")
+    browser.find_element(By.ID, "name").send_keys(OPERATOR)
     browser.find_element(By.ID, "password").send_keys(site.password)
     browser.find_element(By.ID, "login").click()
     wait.until(expected_conditions.title_contains("Months"))
@@ -258,7 +261,8 @@ def test_the_months_table_is_scripts_status_s_rows_with_links(browser_run, site)
     shown = subprocess.run([str(ROOT / "scripts" / "status"), "green"], capture_output=True, text=True, timeout=300,
                            env={**os.environ, "LUIGI_CONFIG_PATH": str(site.profile)})
     assert shown.returncode == 0, shown.stderr[-3000:]
-    printed = [re.split(r"\s{2,}", line) for line in shown.stdout.splitlines()[2:] if line[:4].isdigit()]
+    months = shown.stdout.split("\n\n", 1)[0]  # the trained months' table, before the scored months and the history
+    printed = [re.split(r"\s{2,}", line) for line in months.splitlines()[2:] if line[:4].isdigit()]
     assert [cells[:-1] for cells in browser_run.months] == printed
     assert browser_run.months[0][:3] == ["2021-01", "v1", "champion"]
     page = logged_in(site).get(site.url).text
@@ -471,7 +475,7 @@ def log_in_with_next(site: Site, target: str) -> str:
     """Where the login sends a browser that came with `?next=target`."""
     client = requests.Session()
     token = csrf_token(client.get(f"{site.url}/login").text)
-    answer = client.post(f"{site.url}/login", params={"next": target}, data={"csrf_token": token,
+    answer = client.post(f"{site.url}/login", params={"next": target}, data={"csrf_token": token, "name": OPERATOR,
                                                                            "password": site.password},
                          allow_redirects=False)
     assert answer.status_code == 302, (target, answer.status_code)
@@ -485,7 +489,8 @@ def test_login_follows_next_only_to_a_path_of_this_site(site):
     assert asked.startswith("/login?next=")
     client = requests.Session()
     token = csrf_token(client.get(site.url + asked).text)
-    back = client.post(site.url + asked, data={"csrf_token": token, "password": site.password}, allow_redirects=False)
+    back = client.post(site.url + asked, data={"csrf_token": token, "name": OPERATOR, "password": site.password},
+                       allow_redirects=False)
     assert back.headers["Location"] == "/runs/new?seed=7"
     assert log_in_with_next(site, "/tasks/TrainModel_green_1_2021_7449fdcbb1") == \
         "/tasks/TrainModel_green_1_2021_7449fdcbb1"
@@ -570,7 +575,7 @@ def test_failed_logins_are_throttled_per_client_and_overall(tmp_path):
         client = app.test_client()
         client.environ_base["REMOTE_ADDR"] = address
         token = csrf_token(client.get("/login").text)
-        return client.post("/login", data={"csrf_token": token, "password": secret}).status_code
+        return client.post("/login", data={"csrf_token": token, "name": OPERATOR, "password": secret}).status_code
 
     assert [attempt("10.0.0.1", "wrong") for _ in range(3)] == [401, 401, 401]
     assert attempt("10.0.0.1", password) == 429
@@ -595,7 +600,8 @@ def test_forwarded_addresses_are_trusted_only_behind_the_tls_proxy(tmp_path):
             headers = {"X-Forwarded-For": f"192.0.2.{n}", "X-Forwarded-Proto": "https",
                        "Referer": "https://localhost/login"}  # Flask-WTF checks it on HTTPS
             token = csrf_token(client.get("/login", headers=headers).text)
-            answer = client.post("/login", data={"csrf_token": token, "password": secret}, headers=headers)
+            answer = client.post("/login", data={"csrf_token": token, "name": OPERATOR, "password": secret},
+                                 headers=headers)
             codes.append(answer.status_code)
             cookie = answer.headers.get("Set-Cookie", cookie)
         return codes, cookie
@@ -769,7 +775,7 @@ from taxi.web.settings import from_config
 app = create_app(from_config(Path(sys.argv[1])))
 client = app.test_client()
 token = lambda html: re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
-client.post("/login", data={"csrf_token": token(client.get("/login").text), "password": sys.argv[2]})
+client.post("/login", data={"csrf_token": token(client.get("/login").text), "name": "probe", "password": sys.argv[2]})
 served = {}
 for path in json.loads(sys.argv[3]):
     served[path] = client.get(path).status_code
@@ -787,7 +793,7 @@ def test_the_web_process_never_imports_the_pipeline(browser_run, site):
     train_id = next(t for t in luigid_tasks(site, "DONE") if t.startswith("TrainModel_"))
     report = one_file(site.store, layout.RUN, color="green", ym="2021-01", name=layout.REPORT)
     folder = report.parent.relative_to(site.store).as_posix()
-    paths = ["/", "/runs/new", f"/runs/{browser_run.run['id']}", f"/api/runs/{browser_run.run['id']}",
+    paths = ["/", "/champions", "/runs/new", f"/runs/{browser_run.run['id']}", f"/api/runs/{browser_run.run['id']}",
              f"/tasks/{train_id}", f"/api/tasks/{train_id}", f"/reports/{folder}/report.md",
              f"/reports/{folder}/{layout.REPORT_PLOTS[0]}"]
     probe = subprocess.run([sys.executable, "-c", IMPORT_PROBE, str(site.state), site.password, json.dumps(paths)],
