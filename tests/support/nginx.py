@@ -1,0 +1,117 @@
+"""The project's reverse proxy (scripts/proxy: Debian's nginx with config/nginx/taxi.conf) as an unprivileged
+process on free loopback ports, with a self-signed certificate and a password file made here; an MLflow server with
+its basic-auth app to put behind it; and the client side of basic auth the way workers do it (a netrc file)."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import requests
+
+from tests.support.paths import BIN, ROOT
+from tests.support.services import Service, free_port, wait_until
+
+OS_USER = "www-data"  # the proxy's account when the tests run as root (scripts/proxy refuses root)
+
+
+def make_certificate(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key: (cert.pem, key.pem). The certificate is also the CA
+    that clients trust (REQUESTS_CA_BUNDLE)."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+def write_htpasswd(path: Path, users: dict[str, str]) -> Path:
+    """An nginx password file with an apr1 hash per user; the passwords go to openssl on stdin."""
+    lines = [f"{user}:" + subprocess.run(["openssl", "passwd", "-apr1", "-stdin"], input=password, text=True,
+                                         check=True, capture_output=True).stdout.strip()
+             for user, password in users.items()]
+    path.write_text("".join(line + "\n" for line in lines))
+    path.chmod(0o600)
+    return path
+
+
+def write_netrc(path: Path, user: str, password: str, host: str = "127.0.0.1") -> Path:
+    path.write_text(f"machine {host}\nlogin {user}\npassword {password}\n")
+    path.chmod(0o600)
+    return path
+
+
+class Proxy:
+    """scripts/proxy in the background with luigid's `users` (name -> password): `luigid_url` and `mlflow_url` are
+    its https addresses, `cert` the certificate clients trust. Its files (password file, key, logs) are in a folder
+    of its own under the system temporary folder, owned by www-data when the tests run as root."""
+
+    def __init__(self, luigid_port: int, mlflow_port: int, users: dict[str, str]):
+        self.folder = Path(tempfile.mkdtemp(prefix="taxi-proxy-"))
+        self.log = self.folder / "proxy.log"
+        self.cert, self.key = make_certificate(self.folder)
+        htpasswd = write_htpasswd(self.folder / "htpasswd", users)
+        self.as_user = ["runuser", "-u", OS_USER, "--"] if os.geteuid() == 0 else []
+        if self.as_user:
+            owner = pwd.getpwnam(OS_USER)
+            for path in [self.folder, *self.folder.iterdir()]:
+                os.chown(path, owner.pw_uid, owner.pw_gid)
+        self.luigid_port, self.mlflow_port = free_port(), free_port()
+        self.env = {**os.environ, "PROXY_CERT": str(self.cert), "PROXY_KEY": str(self.key),
+                    "PROXY_HTPASSWD": str(htpasswd), "PROXY_STATE": str(self.folder / "state"),
+                    "PROXY_LUIGID_LISTEN": f"127.0.0.1:{self.luigid_port}",
+                    "PROXY_MLFLOW_LISTEN": f"127.0.0.1:{self.mlflow_port}",
+                    "LUIGID_PORT": str(luigid_port), "MLFLOW_PORT": str(mlflow_port)}
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def luigid_url(self) -> str:
+        return f"https://127.0.0.1:{self.luigid_port}"
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"https://127.0.0.1:{self.mlflow_port}"
+
+    def start(self) -> "Proxy":
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([*self.as_user, str(ROOT / "scripts/proxy")], stdout=log, stderr=subprocess.STDOUT,
+                                         env=self.env, start_new_session=True)
+        wait_until(lambda: self.proc.poll() is None
+                   and requests.get(self.luigid_url, verify=str(self.cert), timeout=2).status_code == 401,
+                   f"proxy ({self.log})", timeout=30)
+        return self
+
+    def logs(self) -> str:
+        """Everything the proxy wrote: its error log (stdout/stderr) and its access log."""
+        return "".join(path.read_text(errors="replace") for path in self.folder.rglob("*.log"))
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, 15)
+            self.proc.wait(20)
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def mlflow_auth_service(workdir: Path, admin_password: str) -> Service:
+    """`mlflow server --app-name basic-auth` on sqlite, its admin `admin` with `admin_password`, unknown users
+    seeing nothing."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    ini = workdir / "basic_auth.ini"
+    ini.write_text(f"[mlflow]\ndefault_permission = NO_PERMISSIONS\ndatabase_uri = sqlite:///{workdir}/auth.db\n"
+                   "admin_username = admin\nauthorization_function = "
+                   "mlflow.server.auth:authenticate_request_basic_auth\n")
+    return Service("mlflow server (basic-auth)", [
+        str(BIN / "mlflow"), "server", "--app-name", "basic-auth", "--host", "127.0.0.1", "--port", str(port),
+        "--workers", "1", "--backend-store-uri", f"sqlite:///{workdir}/mlflow.db",
+        "--artifacts-destination", str(workdir / "artifacts"),
+    ], port, "/health", workdir / "mlflow.log", env={
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_AUTH_CONFIG_PATH": str(ini),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password, "MLFLOW_FLASK_SERVER_SECRET_KEY": os.urandom(16).hex()})
