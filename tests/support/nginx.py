@@ -78,8 +78,8 @@ class Proxy:
 
     def start(self) -> "Proxy":
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([*self.as_user, str(ROOT / "scripts/proxy")], stdout=log, stderr=subprocess.STDOUT,
-                                         env=self.env, start_new_session=True)
+            self.proc = subprocess.Popen([*self.as_user, str(ROOT / "scripts/proxy")], stdout=log,
+                                         stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
         wait_until(lambda: self.proc.poll() is None
                    and requests.get(self.luigid_url, verify=str(self.cert), timeout=2).status_code == 401,
                    f"proxy ({self.log})", timeout=30)
@@ -115,3 +115,14 @@ def mlflow_auth_service(workdir: Path, admin_password: str) -> Service:
     ], port, "/health", workdir / "mlflow.log", env={
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_AUTH_CONFIG_PATH": str(ini),
         "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password, "MLFLOW_FLASK_SERVER_SECRET_KEY": os.urandom(16).hex()})
+
+
+def session(source: str = "127.0.0.1") -> requests.Session:
+    """A requests session whose connections come from the loopback address `source` (any 127.x.y.z): another
+    client, as nginx sees it, than the workers on 127.0.0.1."""
+    adapter = requests.adapters.HTTPAdapter()
+    adapter.init_poolmanager(connections=10, maxsize=10, source_address=(source, 0))
+    client = requests.Session()
+    client.trust_env = False  # no netrc, no proxy settings of the test process
+    client.mount("https://", adapter)
+    return client
