@@ -54,15 +54,16 @@ class Proxy:
         self.folder = Path(tempfile.mkdtemp(prefix="taxi-proxy-"))
         self.log = self.folder / "proxy.log"
         self.cert, self.key = make_certificate(self.folder)
-        htpasswd = write_htpasswd(self.folder / "htpasswd", users)
+        write_htpasswd(self.folder / "htpasswd", users)
         self.as_user = ["runuser", "-u", OS_USER, "--"] if os.geteuid() == 0 else []
         if self.as_user:
             owner = pwd.getpwnam(OS_USER)
             for path in [self.folder, *self.folder.iterdir()]:
                 os.chown(path, owner.pw_uid, owner.pw_gid)
         self.luigid_port, self.mlflow_port = free_port(), free_port()
-        self.env = {**os.environ, "PROXY_CERT": str(self.cert), "PROXY_KEY": str(self.key),
-                    "PROXY_HTPASSWD": str(htpasswd), "PROXY_STATE": str(self.folder / "state"),
+        # the folders as systemd hands them to taxi-proxy.service (credentials, runtime and logs directories)
+        self.env = {**os.environ, "CREDENTIALS_DIRECTORY": str(self.folder),
+                    "RUNTIME_DIRECTORY": str(self.folder / "state"), "LOGS_DIRECTORY": str(self.folder / "logs"),
                     "PROXY_LUIGID_LISTEN": f"127.0.0.1:{self.luigid_port}",
                     "PROXY_MLFLOW_LISTEN": f"127.0.0.1:{self.mlflow_port}",
                     "LUIGID_PORT": str(luigid_port), "MLFLOW_PORT": str(mlflow_port)}
