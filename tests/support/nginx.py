@@ -55,10 +55,15 @@ class Proxy:
         self.log = self.folder / "proxy.log"
         self.cert, self.key = make_certificate(self.folder)
         write_htpasswd(self.folder / "htpasswd", users)
+        # scripts/proxy and its template, copied as they are: www-data may not reach a checkout under /root
+        self.script = self.folder / "checkout/scripts/proxy"
+        for path in ("scripts/proxy", "config/nginx/taxi.conf"):
+            (self.folder / "checkout" / path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / path, self.folder / "checkout" / path)
         self.as_user = ["runuser", "-u", OS_USER, "--"] if os.geteuid() == 0 else []
         if self.as_user:
             owner = pwd.getpwnam(OS_USER)
-            for path in [self.folder, *self.folder.iterdir()]:
+            for path in [self.folder, *self.folder.rglob("*")]:
                 os.chown(path, owner.pw_uid, owner.pw_gid)
         self.luigid_port, self.mlflow_port = free_port(), free_port()
         # the folders as systemd hands them to taxi-proxy.service (credentials, runtime and logs directories)
@@ -79,7 +84,7 @@ class Proxy:
 
     def start(self) -> "Proxy":
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([*self.as_user, str(ROOT / "scripts/proxy")], stdout=log,
+            self.proc = subprocess.Popen([*self.as_user, str(self.script)], stdout=log,
                                          stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
         wait_until(lambda: self.proc.poll() is None  # any answer: nginx is up (what it answers is for the tests)
                    and requests.get(self.luigid_url, verify=str(self.cert), timeout=2).status_code > 0,
