@@ -19,10 +19,13 @@ from pathlib import Path
 
 import pytest
 import requests
+from werkzeug.security import generate_password_hash
 
 from tests.support.luigi_process import LuigiProcess
 from tests.support.nginx import Proxy, mlflow_auth_service, session, write_netrc
 from tests.support.paths import BIN, ROOT
+from taxi.web.app import create_app
+from taxi.web.settings import Settings
 from tests.support.services import free_port, luigid_service
 
 USER, PASSWORD = "taxi", "pw-" + secrets.token_hex(12)
@@ -250,3 +253,21 @@ def make_other_ca(folder: Path) -> Path:
                     "-keyout", str(other / "key.pem"), "-out", str(other / "cert.pem")], check=True,
                    capture_output=True)
     return other / "cert.pem"
+
+
+def test_the_operator_page_links_to_the_visualiser_through_the_proxy(stack, tmp_path):
+    """The page reads luigid on its loopback port; its links lead operators' browsers to the proxy, which asks
+    them for the proxy's password before it shows the visualiser."""
+    luigid, _, proxy = stack
+    operator = "operator password"
+    app = create_app(Settings(store=str(tmp_path), tracking_uri="", scheduler_url=luigid.url, state=tmp_path / "state",
+                              password_hash=generate_password_hash(operator), visualiser_url=proxy.luigid_url + "/"))
+    page = app.test_client()
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.get("/login").text).group(1)
+    assert page.post("/login", data={"csrf_token": token, "password": operator}).status_code == 302
+    links = re.findall(r'href="([^"]+)"', page.get("/").text)
+    assert proxy.luigid_url in links and luigid.url not in links
+    browser = session("127.0.0.5")
+    assert browser.get(proxy.luigid_url, verify=str(proxy.cert)).status_code == 401
+    visualiser = browser.get(proxy.luigid_url, auth=(USER, PASSWORD), verify=str(proxy.cert))
+    assert visualiser.status_code == 200 and "/static/visualiser/index.html" in visualiser.url
