@@ -46,12 +46,14 @@ def stack(tmp_path_factory):
     """luigid and MLflow (basic-auth) on loopback ports, the proxy in front of both."""
     folder = tmp_path_factory.mktemp("proxy")
     luigid = luigid_service(folder / "luigid").start()
-    mlflow = mlflow_auth_service(folder / "mlflow", ADMIN_PASSWORD).start()
-    proxy = Proxy(luigid.port, mlflow.port, {USER: PASSWORD}).start()
-    yield luigid, mlflow, proxy
-    proxy.remove()
-    mlflow.stop()
-    luigid.stop()
+    mlflow = mlflow_auth_service(folder / "mlflow", ADMIN_PASSWORD)
+    proxy = Proxy(luigid.port, mlflow.port, {USER: PASSWORD})
+    try:
+        yield luigid, mlflow.start(), proxy.start()
+    finally:
+        proxy.remove()
+        mlflow.stop()
+        luigid.stop()
 
 
 def client_env(folder: Path, proxy: Proxy, password: str | None = PASSWORD) -> dict[str, str]:

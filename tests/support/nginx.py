@@ -86,9 +86,13 @@ class Proxy:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen([*self.as_user, str(self.script)], stdout=log,
                                          stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
-        wait_until(lambda: self.proc.poll() is None  # any answer: nginx is up (what it answers is for the tests)
-                   and requests.get(self.luigid_url, verify=str(self.cert), timeout=2).status_code > 0,
-                   f"proxy ({self.log})", timeout=30)
+        try:
+            wait_until(lambda: self.proc.poll() is None  # any answer: nginx is up (what it answers is the tests')
+                       and requests.get(self.luigid_url, verify=str(self.cert), timeout=2).status_code > 0,
+                       f"proxy ({self.log})", timeout=30)
+        except TimeoutError:
+            self.stop()
+            raise
         return self
 
     def logs(self) -> str:
