@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -22,7 +24,7 @@ import requests
 from werkzeug.security import generate_password_hash
 
 from tests.support.luigi_process import LuigiProcess
-from tests.support.nginx import Proxy, mlflow_auth_service, session, write_netrc
+from tests.support.nginx import OS_USER, Proxy, copy_script, mlflow_auth_service, session, write_netrc
 from tests.support.paths import BIN, ROOT
 from taxi.web.app import create_app
 from taxi.web.settings import Settings
@@ -160,6 +162,38 @@ def test_repeated_failures_are_throttled_while_a_worker_with_credentials_keeps_w
     assert 429 in guesses.statuses and 200 not in guesses.statuses
     assert guesses.statuses.count(401) <= 15, guesses.statuses.count(401)
     assert answered > 0
+
+
+def test_logins_that_succeed_and_requests_without_credentials_are_not_counted(stack):
+    """A worker polls luigid every second or two, for days: 200 quick polls are 200 answers, none slowed down. A
+    browser's first request carries no credentials: 20 of those are 401 at once, and its login then succeeds."""
+    _, _, proxy = stack
+    worker, browser = session("127.0.0.6"), session("127.0.0.7")
+    started = time.monotonic()
+    polls = [worker.post(proxy.luigid_url + "/api/is_paused", data={"data": "{}"}, auth=(USER, PASSWORD),
+                         verify=str(proxy.cert)).status_code for _ in range(200)]
+    assert polls == [200] * 200 and time.monotonic() - started < 20
+    started = time.monotonic()
+    asks = [browser.get(proxy.luigid_url + "/", verify=str(proxy.cert)).status_code for _ in range(20)]
+    assert asks == [401] * 20 and time.monotonic() - started < 4
+    assert browser.get(proxy.luigid_url + "/", auth=(USER, PASSWORD), verify=str(proxy.cert)).status_code == 200
+
+
+def test_the_proxy_refuses_to_start_as_root_or_without_its_files():
+    """As root, nginx would run its workers as nobody; without a file, nginx would stop with its own message."""
+    folder = Path(tempfile.mkdtemp(prefix="taxi-proxy-"))
+    try:
+        folder.chmod(0o755)
+        script = copy_script(folder)
+        env = {"PATH": "/usr/sbin:/usr/bin:/bin", "CREDENTIALS_DIRECTORY": str(folder / "none"),
+               "RUNTIME_DIRECTORY": str(folder / "run")}
+        as_root = subprocess.run([str(script)], env=env, capture_output=True, text=True, timeout=30)
+        assert as_root.returncode == 1 and "run it as an unprivileged user" in as_root.stderr
+        as_user = subprocess.run(["runuser", "-u", OS_USER, "--", str(script)], env=env, capture_output=True,
+                                 text=True, timeout=30)
+        assert as_user.returncode == 1 and f"cannot read {folder}/none/cert.pem: set PROXY_CERT" in as_user.stderr
+    finally:
+        shutil.rmtree(folder)
 
 
 def test_failed_mlflow_logins_are_throttled(stack):

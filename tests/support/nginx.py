@@ -45,6 +45,15 @@ def write_netrc(path: Path, user: str, password: str, host: str = "127.0.0.1") -
     return path
 
 
+def copy_script(folder: Path) -> Path:
+    """scripts/proxy and its template copied as they are into `folder`/checkout (www-data may not reach a checkout
+    under /root); the copy of scripts/proxy."""
+    for path in ("scripts/proxy", "config/nginx/taxi.conf"):
+        (folder / "checkout" / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / path, folder / "checkout" / path)
+    return folder / "checkout/scripts/proxy"
+
+
 class Proxy:
     """scripts/proxy in the background with luigid's `users` (name -> password): `luigid_url` and `mlflow_url` are
     its https addresses, `cert` the certificate clients trust. Its files (password file, key, logs) are in a folder
@@ -55,11 +64,7 @@ class Proxy:
         self.log = self.folder / "proxy.log"
         self.cert, self.key = make_certificate(self.folder)
         write_htpasswd(self.folder / "htpasswd", users)
-        # scripts/proxy and its template, copied as they are: www-data may not reach a checkout under /root
-        self.script = self.folder / "checkout/scripts/proxy"
-        for path in ("scripts/proxy", "config/nginx/taxi.conf"):
-            (self.folder / "checkout" / path).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / path, self.folder / "checkout" / path)
+        self.script = copy_script(self.folder)
         self.as_user = ["runuser", "-u", OS_USER, "--"] if os.geteuid() == 0 else []
         if self.as_user:
             owner = pwd.getpwnam(OS_USER)
