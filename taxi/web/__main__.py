@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tls-proxy", action="store_true",
                         help="behind a TLS reverse proxy on this host: trust its X-Forwarded-For/-Proto/-Host, "
                              "send the session cookie only over HTTPS")
+    parser.add_argument("--visualiser-url", default="",
+                        help="luigid's visualiser as browsers reach it, e.g. the proxy's https://HOST:8443 "
+                             "(default: the profile's scheduler_url)")
     parser.add_argument("--threads", type=int, default=8, help="requests served at once")
     args = parser.parse_args(argv)
     if args.command == "hash-password":
@@ -64,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     config.configure_logging()
     try:
-        settings = from_config(args.state.resolve(), args.tls_proxy)
+        settings = from_config(args.state.resolve(), args.tls_proxy, args.visualiser_url)
     except (SettingsError, tracking.TrackingUnavailable) as exc:
         log.error("%s", exc)
         sys.exit(2)

@@ -134,7 +134,7 @@ def create_app(settings: Settings, runs: Runs | None = None) -> Flask:
                 "report": url_for("report", path=posixpath.join(row.folder, layout.REPORT)),
                 "version_url": tracking.version_url(registry.model_name(color), row.version) if in_registry else None,
                 "run_url": tracking.run_url(row.run_id) if in_registry else None,
-                "task_url": f"{settings.scheduler_url}/history/by_task_id/{row.task_id}"}
+                "task_url": f"{settings.visualiser}/history/by_task_id/{row.task_id}"}
 
     @app.get("/champions")
     def champions():

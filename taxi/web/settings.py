@@ -30,12 +30,18 @@ class Settings:
     state: Path  # run records and their output, the session key
     password_hash: str
     tls_proxy: bool = False  # behind a TLS proxy: trust its X-Forwarded-* headers, cookies Secure
+    visualiser_url: str = ""  # luigid's visualiser as operators' browsers reach it (the proxy); empty: scheduler_url
     client_failures: int = 5  # failed logins per client within failure_window before it must wait
     total_failures: int = 50  # failed logins of all clients within failure_window before everyone must wait
     failure_window: float = 900.0
     python: str = sys.executable
     checkout: Path = CHECKOUT
     run_env: dict[str, str] = field(default_factory=dict)  # the environment of the runs and of the form check
+
+    @property
+    def visualiser(self) -> str:
+        """Where the page's links to luigid lead: the proxy's address when there is one."""
+        return (self.visualiser_url or self.scheduler_url).rstrip("/")
 
     @property
     def luigi(self) -> str:
@@ -69,7 +75,7 @@ def secret_key(state: Path) -> bytes:
     return path.read_bytes()
 
 
-def from_config(state: Path, tls_proxy: bool = False) -> Settings:
+def from_config(state: Path, tls_proxy: bool = False, visualiser_url: str = "") -> Settings:
     """The settings of the profile in LUIGI_CONFIG_PATH; a profile without luigid cannot start runs, so it fails."""
     config.load()
     scheduler = status.scheduler_url()
@@ -81,4 +87,5 @@ def from_config(state: Path, tls_proxy: bool = False) -> Settings:
     return Settings(store=store if storage.is_s3(store) else os.path.abspath(store),
                     tracking_uri=tracking.connect(mlflow.uri, mlflow.experiment, mlflow.artifact_root),
                     scheduler_url=scheduler.rstrip("/"), state=state, password_hash=password_hash(),
-                    tls_proxy=tls_proxy, run_env={k: v for k, v in os.environ.items() if k not in PRIVATE_ENV})
+                    tls_proxy=tls_proxy, visualiser_url=visualiser_url,
+                    run_env={k: v for k, v in os.environ.items() if k not in PRIVATE_ENV})

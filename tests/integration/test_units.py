@@ -23,7 +23,8 @@ from tests.support.paths import ROOT
 UNITS = ROOT / "systemd"
 INSTALL_DIR = Path("/opt/taxi")
 CHECKED_UNITS = ["luigid.service", "mlflow.service", "taxi-train@green.service", "taxi-train@yellow.timer",
-                 "taxi-score@green.service", "taxi-score@yellow.timer", "taxi-worker.service", "taxi-web.service"]
+                 "taxi-score@green.service", "taxi-score@yellow.timer", "taxi-worker.service", "taxi-web.service",
+                 "taxi-proxy.service"]
 
 
 def readme_exposures() -> dict[str, float]:
@@ -94,7 +95,8 @@ def test_verify_reports_a_misspelt_key(scratch_root):
 
 
 @pytest.mark.parametrize("unit", ["luigid.service", "mlflow.service", "taxi-train@green.service",
-                                  "taxi-score@green.service", "taxi-worker.service", "taxi-web.service"])
+                                  "taxi-score@green.service", "taxi-worker.service", "taxi-web.service",
+                                  "taxi-proxy.service"])
 def test_service_exposure_is_what_the_readme_says(scratch_root, unit, capsys):
     promised = next(figure for name, figure in readme_exposures().items() if unit.startswith(name))
     done = subprocess.run(["systemd-analyze", "security", "--offline=true", f"--root={scratch_root}",
