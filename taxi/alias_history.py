@@ -62,6 +62,7 @@ COLUMNS = ("when (UTC)", "alias", "from", "to", "what", "who", "via", "why")
 
 
 def version_text(version: int | None) -> str:
+    """A version as the history shows it: v3, or - for none."""
     return "-" if version is None else f"v{version}"
 
 
@@ -88,6 +89,13 @@ def moves(tags: dict[str, str]) -> list[Move]:
         except ValueError as exc:
             log.warning("%s", exc)
     return found
+
+
+def superseded(found: list[Move], alias: str, version: int) -> bool:
+    """Whether the history moved `alias` to `version` and then moved it again (a rollback, a later decision)."""
+    of_alias = [move for move in found if move.alias == alias]
+    to_version = [i for i, move in enumerate(of_alias) if move.to_version == version]
+    return bool(to_version) and to_version[-1] < len(of_alias) - 1
 
 
 def os_user() -> str:

@@ -62,6 +62,13 @@ def register(name: str, run_id: str, model_uri: str, gate_rmse: float, score_ver
                                (DECISION_TAG, json.dumps({**asdict(decision), **accepted}))):
                 _call(f"record the decision on {name} v{version.version}", client.set_model_version_tag, name,
                       version.version, tag, value)
+        elif decision.alias and alias_history.superseded(
+                alias_history.moves(_call(f"read {name}", client.get_registered_model, name).tags), decision.alias,
+                int(version.version)):
+            # a rerun of a decision whose move was undone since (a rollback): the operator's move stands
+            log.info("%s version %s: its %s move was undone since; left as it is", name, version.version,
+                     decision.alias)
+            return int(version.version), decision
         if decision.alias:
             move_alias(client, name, decision.alias, int(version.version), alias_history.DECISION, decision.reason,
                        alias_history.os_user(), "pipeline", tuple(flag for flag, value in accepted.items() if value))

@@ -41,7 +41,7 @@ from tests.support.luigi_process import LuigiProcess, private_lock
 from tests.support.paths import ROOT
 from tests.support.runs import SMALL_TUNING, run_luigi, write_config
 from tests.support.services import Service, free_port, luigid_service, mlflow_service
-from tests.support.store import one_file
+from tests.support.store import one_file, pattern
 
 MODEL, OTHER = registry.model_name("green"), registry.model_name("yellow")
 HISTORY = "taxi.alias_history."
@@ -316,6 +316,25 @@ def test_a_move_is_recorded_once_though_an_attempt_was_interrupted_and_not_at_al
     assert site.champion() == target and site.history() == history
     assert registry.move_alias(site.client, MODEL, "champion", target, "decision", "again", "root", "pipeline") is None
     assert site.history() == history
+
+
+def test_a_rerun_of_a_decision_an_operator_rolled_back_leaves_the_rollback_standing(site):
+    """v2's month registered again (its registration deleted): its recorded decision, made against v1, is not carried
+    out again over a rollback to v1 since; the alias stays and the history gets no entry."""
+    if site.champion() != 1:
+        done = champion_cli(site, "rollback", "green", "--to", "1", "--reason", "back to the first model")
+        assert done.returncode == 0, done.stderr[-2000:]
+    record = next(path for path in site.store.glob(pattern(layout.RUN, color="green", ym="2021-01",
+                                                          name=layout.REGISTRATION))
+                  if json.loads(path.read_text())["version"] == 2)
+    assert json.loads(record.read_text())["previous_champion_version"] == 1
+    record.unlink()
+    history, versions = site.history(), site.versions()
+    done = run_luigi(site.workdir, site.profile, "RegisterModel", "--year", "2021", "--month", "1",
+                     "--local-scheduler")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(record.read_text())["version"] == 2 and site.versions() == versions
+    assert site.champion() == 1 and site.history() == history
 
 
 def test_a_rollback_waits_for_a_decision_on_a_sqlite_registry(tmp_path):

@@ -127,3 +127,11 @@ def test_the_reason_is_kept_on_one_line_and_short():
     assert rollback.check_reason("  v6 predicts\n0 for  JFK ") == "v6 predicts 0 for JFK"
     with pytest.raises(rollback.RollbackRefused, match="keep it to 500"):
         rollback.check_reason("x" * 501)
+
+
+def test_a_move_is_superseded_once_the_alias_moved_again_after_it():
+    decided = [move(1, 1), move(2, 2, 1)]
+    assert not alias_history.superseded(decided, "champion", 2)  # the last move: a rerun finishes it
+    assert not alias_history.superseded(decided, "champion", 3)  # never moved there
+    assert alias_history.superseded([*decided, move(3, 1, 2, action=alias_history.ROLLBACK)], "champion", 2)
+    assert not alias_history.superseded([*decided, move(3, 5, alias="challenger")], "champion", 2)
