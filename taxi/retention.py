@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> None:
     config.configure_logging()
     from mlflow.exceptions import MlflowException
 
-    from taxi import registry, tracking
+    from taxi import registry, store_registry, tracking
 
     settings = RetentionConfig()
     keep_months = settings.keep_months if args.keep_months is None else args.keep_months
@@ -336,10 +336,11 @@ def main(argv: list[str] | None = None) -> None:
         store = config.TaxiConfig().store
         store = store if storage.is_s3(store) else os.path.abspath(store)
         mlflow_settings = config.MlflowConfig()
-        uri = tracking.connect(mlflow_settings.uri, mlflow_settings.experiment, mlflow_settings.artifact_root)
+        uri = store_registry.connect(store, mlflow_settings.uri, mlflow_settings.experiment,
+                                     mlflow_settings.artifact_root)
         found, notes = plan(store, uri, keep_months, min_age_hours)
     except (ValueError, MlflowException, registry.RegistryError, tracking.TrackingUnavailable,
-            storage.StoreUnreachable, storage.StoreRefused, storage.CorruptTarget) as exc:
+            storage.StoreUnreachable, storage.StoreRefused, storage.CorruptTarget, store_registry.OtherRegistry) as exc:
         _fail(exc, "nothing was deleted")
     if args.delete:
         try:

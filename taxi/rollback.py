@@ -12,6 +12,7 @@ import argparse
 import datetime as dt
 import json
 import logging
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from mlflow.entities.model_registry import RegisteredModel
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from taxi import alias_history, config, data, registry, status, tracking
+from taxi import alias_history, config, data, registry, status, storage, store_registry, tracking
 from taxi.alias_history import Move
 from taxi.promotion import CHAMPION
 from taxi.tracking import local_registry_lock
@@ -227,7 +228,9 @@ def main(argv: list[str] | None = None) -> None:
     config.configure_logging()
     try:
         settings = config.MlflowConfig()
-        tracking.connect(settings.uri, settings.experiment, settings.artifact_root)
+        store = config.TaxiConfig().store
+        store_registry.connect(store if storage.is_s3(store) else os.path.abspath(store), settings.uri,
+                               settings.experiment, settings.artifact_root)
         if args.command == "rollback":
             sys.exit(rollback_command(args))
         colors = [args.color] if args.color else list(data.COLORS)
@@ -237,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
         log.error("the MLflow registry at %s answered: %s", redact(mlflow.get_tracking_uri()),
                   status.first_line(exc.message))
         sys.exit(1)
-    except (tracking.TrackingUnavailable, registry.RegistryError) as exc:
+    except (tracking.TrackingUnavailable, registry.RegistryError, store_registry.OtherRegistry) as exc:
         log.error("%s", status.first_line(str(exc)))
         sys.exit(1)
 

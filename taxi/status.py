@@ -229,8 +229,7 @@ def status(colors: list[str]) -> str:
     store = config.TaxiConfig().store
     store = store if storage.is_s3(store) else os.path.abspath(store)
     settings = config.MlflowConfig()
-    tracking_uri = tracking.connect(settings.uri, settings.experiment, settings.artifact_root)
-    store_registry.check(store, settings.experiment, tracking_uri)
+    tracking_uri = store_registry.connect(store, settings.uri, settings.experiment, settings.artifact_root)
     sections = [section for color in colors
                 for section in (color_section(store, tracking_uri, color), score_section(store, color),
                                 history_section(color))]

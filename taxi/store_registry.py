@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import mlflow
 
-from taxi import layout, storage
+from taxi import layout, storage, tracking
 
 
 class OtherRegistry(RuntimeError):
@@ -59,8 +59,18 @@ def check(store: str, experiment: str, tracking_uri: str) -> None:
 
 
 def bind(store: str, experiment: str, tracking_uri: str) -> None:
-    """Record the registry mlflow points at now as the store's, on its first run; check it on every later one."""
-    check(store, experiment, tracking_uri)
+    """Record the registry mlflow points at now as the store's, if it serves none yet (after `check`)."""
     if recorded(store) is None:
         storage.write_json(asdict(current(experiment, tracking_uri)),
                            storage.target(store, layout.REGISTRY_RECORD))
+
+
+def connect(store: str, tracking_uri: str, experiment: str, artifact_location: str | None = None,
+            record: bool = False) -> str:
+    """tracking.connect, refusing (OtherRegistry) before anything is written there a registry the store does not
+    serve; `record`: a store that serves none yet serves this one. Returns the URI as it is recorded."""
+    uri = tracking.connect(tracking_uri, experiment, artifact_location,
+                           verify=lambda uri: check(store, experiment, uri))
+    if record:
+        bind(store, experiment, uri)
+    return uri

@@ -31,12 +31,14 @@ class TrackingRefused(TrackingUnavailable):
     """The MLflow tracking server refuses this process's credentials (its basic-auth app)."""
 
 
-def connect(tracking_uri: str, experiment: str, artifact_location: str | None = None) -> str:
+def connect(tracking_uri: str, experiment: str, artifact_location: str | None = None,
+            verify: Callable[[str], None] | None = None) -> str:
     """Point mlflow at `tracking_uri` (failing fast and clearly if a server is down), pick the experiment and return
     the URI without credentials, the only form that is ever logged or recorded.
 
     Credentials in the URI (`https://user:password@host`) move to MLflow's own MLFLOW_TRACKING_USERNAME/PASSWORD.
-    `artifact_location` applies to a new experiment on a local database; a server decides its own.
+    `artifact_location` applies to a new experiment on a local database; a server decides its own. `verify(the URI)`
+    runs before the experiment is created, so that it can refuse a registry before anything is written there.
     """
     credentials = split_credentials(tracking_uri)[1]
     check_login(tracking_uri, experiment)
@@ -49,6 +51,8 @@ def connect(tracking_uri: str, experiment: str, artifact_location: str | None = 
         if database not in (None, ":memory:"):
             create_local_database(database)
         mlflow.set_tracking_uri(tracking_uri)
+        if verify:
+            verify(tracking_uri)
         if mlflow.get_experiment_by_name(experiment) is None and artifact_location and not server:
             mlflow.create_experiment(experiment, artifact_location=artifact_location)
         mlflow.set_experiment(experiment)

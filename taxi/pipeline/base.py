@@ -32,12 +32,11 @@ def _notify_failure(task: luigi.Task, exception: BaseException) -> None:
 def connect_registry(record: bool = True) -> str:
     """Point MLflow at `[mlflow]` and return the tracking URI as it is recorded; OtherRegistry, before anything is
     written there, when the store serves another registry. `record`: a store that serves none yet serves this one."""
-    from taxi import store_registry, tracking
+    from taxi import store_registry
 
     settings = MlflowConfig()
-    uri = tracking.connect(settings.uri, settings.experiment, settings.artifact_root)
-    (store_registry.bind if record else store_registry.check)(TaxiConfig().store, settings.experiment, uri)
-    return uri
+    return store_registry.connect(TaxiConfig().store, settings.uri, settings.experiment, settings.artifact_root,
+                                  record)
 
 
 class MonthTask(luigi.Task):

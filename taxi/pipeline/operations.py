@@ -9,7 +9,8 @@ import luigi
 from luigi.tools.range import RangeMonthly  # noqa: F401
 
 from taxi import data, source
-from taxi.config import MlflowConfig, TaxiConfig
+from taxi.config import TaxiConfig
+from taxi.pipeline.base import connect_registry
 from taxi.pipeline.model import RegisterModel
 from taxi.pipeline.scoring import ScoreMonth
 
@@ -98,10 +99,9 @@ class RollBackChampion(luigi.Task):
         return self.done
 
     def run(self):
-        from taxi import rollback, tracking
+        from taxi import rollback
 
-        settings = MlflowConfig()
-        tracking.connect(settings.uri, settings.experiment, settings.artifact_root)
+        connect_registry(record=False)
         try:
             self.move = rollback.roll_back(self.color, self.to or None, self.reason, self.who, self.via)
         except rollback.RollbackRefused as exc:

@@ -146,6 +146,7 @@ def create_app(settings: Settings, runs: Runs | None = None) -> Flask:
         view = {"color": color, "model": registry.model_name(color), "versions": [], "previous": None,
                 "champion": None, "history": [], "refused": None, "error": None}
         try:
+            store_registry.check(settings.store, config.MlflowConfig().experiment, settings.tracking_uri)
             found, model = rollback.versions(MlflowClient(), view["model"])
             view["champion"] = rollback.champion_of(model)
             view["versions"] = [found[number] for number in sorted(found, reverse=True)]

@@ -239,7 +239,7 @@ class Pipeline:
         outputs = {f"{task} {ym}": [pattern(t, color="green", ym=ym) for t in templates]
                    for ym in ("2021-01", "2021-02") for task, templates in by_month.items()}
         outputs["BuildFeatures"] = [pattern(layout.FEATURES, **month, name=n) for n in layout.FEATURE_FILES]
-        outputs["TuneHyperparams"] = [pattern(layout.TUNING, **month)]
+        outputs["TuneHyperparams"] = [pattern(layout.TUNING, **month), layout.REGISTRY_RECORD]  # the first in MLflow
         outputs["TrainModel"] = [pattern(layout.RUN, **month, name=n) for n in ("booster.ubj", "train.json")]
         outputs["RegisterModel"] = [pattern(layout.RUN, **month, name=n)
                                     for n in (layout.REGISTRATION, *layout.REPORT_FILES)]
@@ -291,7 +291,8 @@ class Pipeline:
             assert json.loads(path.read_text())["rows_clean"] == len(self.cleaned(name.removesuffix(".json")))
         else:
             content = json.loads(path.read_text())
-            key = {"best_params.json": "params", "train.json": "run_id", "registration.json": "version"}[name]
+            key = {"best_params.json": "params", "train.json": "run_id", "registration.json": "version",
+                   layout.REGISTRY_RECORD: "experiment_id"}[name]
             assert key in content
 
     @functools.cache

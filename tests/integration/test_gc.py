@@ -192,6 +192,14 @@ def test_bad_settings_and_an_unreachable_registry_fail_clearly_and_delete_nothin
     assert ("MLflow tracking server http://127.0.0.1:9 is not reachable (ConnectionError); start it "
             "(scripts/services start) or set [mlflow] tracking_uri / MLFLOW_TRACKING_URI; nothing was deleted"
             in unreachable.stderr)
+    other = tmp_path / "other.cfg"
+    other.write_text(re.sub(r"tracking_uri = .*", f"tracking_uri = sqlite:///{tmp_path}/other.db",
+                            local.configs["C"].read_text()))
+    refused = gc(other, "--min-age-hours", "0", "--delete")
+    assert refused.returncode == 1
+    [line] = [line for line in refused.stderr.splitlines() if line.startswith("ERROR: ")]
+    assert f"but this is the registry at sqlite:///{tmp_path}/other.db (no experiment taxi-duration there)" in line
+    assert line.endswith("nothing was deleted")
     assert local.files() == before
 
 

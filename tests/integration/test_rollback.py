@@ -10,6 +10,7 @@ beats v1 by the margin), on the sampled months (8000 trips each; 2023-01's dista
 
 from __future__ import annotations
 
+import configparser
 import dataclasses
 import datetime as dt
 import getpass
@@ -316,6 +317,30 @@ def test_a_move_is_recorded_once_though_an_attempt_was_interrupted_and_not_at_al
     assert site.champion() == target and site.history() == history
     assert registry.move_alias(site.client, MODEL, "champion", target, "decision", "again", "root", "pipeline") is None
     assert site.history() == history
+
+
+def test_a_registry_the_store_does_not_serve_is_refused_by_the_command_and_its_task(site, tmp_path):
+    """Pointed at another registry, `scripts/champion list` and the RollBackChampion task itself fail naming both
+    registries, and the server's alias stays where it was."""
+    other = write_config(tmp_path / "other.cfg", {**configparser_sections(site.profile), "mlflow": {
+        "tracking_uri": f"sqlite:///{tmp_path}/other.db", "artifact_location": str(tmp_path / "mlartifacts")}})
+    before, history = site.champion(), site.history()
+    listed = subprocess.run([str(ROOT / "scripts" / "champion"), "list", "green"], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "LUIGI_CONFIG_PATH": str(other)})
+    assert listed.returncode == 1 and listed.stdout == ""
+    assert f"serves the registry at {site.mlflow.url}" in listed.stderr
+    task = run_luigi(tmp_path, other, "RollBackChampion", "--color", "green", "--to", "1", "--reason", "elsewhere",
+                     "--who", "root", "--via", "test", "--requested", "now", "--local-scheduler")
+    assert task.returncode != 0
+    assert f"OtherRegistry: the store {site.store} serves the registry at {site.mlflow.url}" in task.stderr
+    assert site.champion() == before and site.history() == history
+
+
+def configparser_sections(profile: Path) -> dict[str, dict[str, str]]:
+    """A profile's sections, to write a variant of it."""
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(profile)
+    return {name: dict(parser[name]) for name in parser.sections()}
 
 
 def test_a_rerun_of_a_decision_an_operator_rolled_back_leaves_the_rollback_standing(site):

@@ -394,8 +394,11 @@ def test_a_store_of_another_registry_shows_no_rows_and_names_both_registries(bro
     record.write_text(json.dumps(other))
     try:
         page = logged_in(site).get(site.url).text
+        champions = logged_in(site).get(f"{site.url}/champions").text
     finally:
         record.write_text(served)
+    assert f"OtherRegistry: the store {site.store} serves the registry at http://elsewhere:5000" in champions
+    assert "/champions/green/rollback" not in champions
     assert f"OtherRegistry: the store {site.store} serves the registry at http://elsewhere:5000 (experiment 7" in page
     assert f"but this is the registry at {site.mlflow.url}" in page
     assert "/reports/runs/" not in page and "/reports/runs/" in logged_in(site).get(site.url).text
