@@ -83,6 +83,7 @@ class RollBackChampion(luigi.Task):
     (`requested`); `move` holds what it did."""
 
     resources = {"mlflow_registry": 1}
+    retry_count = 1  # a refusal is final: disabled at once, so the waiting worker (keep_alive) ends, no retry later
     color = luigi.ChoiceParameter(choices=data.COLORS, description="the color whose champion goes back")
     to = luigi.Parameter(default="", description="the version to go back to; empty: the previous champion")
     reason = luigi.Parameter(description="why, recorded in the alias history")
@@ -96,6 +97,7 @@ class RollBackChampion(luigi.Task):
         self.done = False
 
     def complete(self) -> bool:
+        """Done once this process's run() moved the alias: a request has no target, the history is its record."""
         return self.done
 
     def run(self):

@@ -336,6 +336,16 @@ def test_a_registry_the_store_does_not_serve_is_refused_by_the_command_and_its_t
     assert site.champion() == before and site.history() == history
 
 
+def test_a_rollback_refused_under_the_lock_fails_at_once_and_is_not_retried(site):
+    """The task refused (no version 99) through luigid by a worker that waits for work (keep_alive, as
+    scripts/champion runs it): it fails at once, and luigid does not hand it out again."""
+    done = run_luigi(site.workdir, site.profile, "RollBackChampion", "--color", "green", "--to", "99", "--reason",
+                     "no such version", "--who", "root", "--via", "test", "--requested", str(time.time()),
+                     "--worker-keep-alive", timeout=120)
+    assert done.returncode != 0
+    assert f"RollbackRefused: {MODEL} has no version 99" in done.stderr
+
+
 def configparser_sections(profile: Path) -> dict[str, dict[str, str]]:
     """A profile's sections, to write a variant of it."""
     parser = configparser.ConfigParser(interpolation=None)
