@@ -277,11 +277,15 @@ def test_the_services_script_starts_mlflow_with_its_users_when_given_the_passwor
                                 timeout=30)
         user = requests.get(f"{url}{API}/experiments/get-by-name", params={"experiment_name": EXPERIMENT},
                             auth=("taxi", taxi), timeout=30)
+        environments = {name: Path(f"/proc/{(tmp_path / 'var' / f'{name}.pid').read_text().strip()}/environ")
+                        .read_bytes() for name in ("luigid", "mlflow")}
     finally:
         stopped = subprocess.run([services, "stop"], capture_output=True, text=True, env=env, timeout=120)
     assert started.returncode == 0 and stopped.returncode == 0, started.stderr + stopped.stderr
     assert f"{url}: experiment {EXPERIMENT} (id 1): EDIT for taxi" in started.stdout
     assert (stranger.status_code, user.status_code) == (401, 200)
+    # the admin's password reaches MLflow's process, and no other service's
+    assert admin.encode() in environments["mlflow"] and admin.encode() not in environments["luigid"]
     texts = {str(path): path.read_bytes() for path in (tmp_path / "var").rglob("*") if path.is_file()}
     texts["ps -ef"] = "\n".join(listing.samples).encode()
     texts["output"] = (started.stdout + started.stderr).encode()
