@@ -26,7 +26,7 @@ from typing import Iterable
 import luigi
 import luigi.task
 
-from taxi import config, data, layout, storage
+from taxi import cli, config, data, layout, storage
 from taxi.promotion import CHAMPION
 
 log = logging.getLogger("taxi.retention")  # not __name__: that is "__main__" under python -m
@@ -348,10 +348,7 @@ def main(argv: list[str] | None = None) -> None:
         except (OSError, storage.StoreUnreachable, storage.StoreRefused) as exc:
             _fail(exc, "some stale files may be left: run scripts/gc --delete again")
     text = "\n".join([f"store {store}, registry {uri}", *notes, report(found, min_age_hours, args.delete)])
-    try:
-        print(text, flush=True)
-    except BrokenPipeError:  # `scripts/gc | head`: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    cli.print_output(text)
 
 
 if __name__ == "__main__":

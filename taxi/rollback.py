@@ -22,7 +22,7 @@ from mlflow.entities.model_registry import RegisteredModel
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from taxi import alias_history, config, data, registry, status, storage, store_registry, tracking
+from taxi import alias_history, cli, config, data, registry, status, storage, store_registry, tracking
 from taxi.alias_history import Move
 from taxi.promotion import CHAMPION
 from taxi.tracking import local_registry_lock
@@ -234,8 +234,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "rollback":
             sys.exit(rollback_command(args))
         colors = [args.color] if args.color else list(data.COLORS)
-        print("\n\n".join(section for color in colors
-                          for section in (versions_section(color), status.history_section(color))), flush=True)
+        cli.print_output("\n\n".join(section for color in colors
+                                       for section in (versions_section(color), status.history_section(color))))
     except MlflowException as exc:
         log.error("the MLflow registry at %s answered: %s", redact(mlflow.get_tracking_uri()),
                   status.first_line(exc.message))

@@ -24,7 +24,7 @@ import requests
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from taxi import alias_history, config, data, layout, registry, storage, store_registry, tracking
+from taxi import alias_history, cli, config, data, layout, registry, storage, store_registry, tracking
 from taxi.promotion import CHALLENGER, CHAMPION
 from taxi.urls import redact
 
@@ -255,10 +255,7 @@ def main(argv: list[str] | None = None) -> None:
             storage.CorruptTarget, store_registry.OtherRegistry) as exc:
         log.error("%s", first_line(str(exc)))
         sys.exit(1)
-    try:
-        print(text, flush=True)
-    except BrokenPipeError:  # `scripts/status | head -3`: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit's flush cannot fail too
+    cli.print_output(text)
 
 
 if __name__ == "__main__":

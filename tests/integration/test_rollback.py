@@ -346,6 +346,14 @@ def test_a_rollback_refused_under_the_lock_fails_at_once_and_is_not_retried(site
     assert f"RollbackRefused: {MODEL} has no version 99" in done.stderr
 
 
+def test_a_reader_that_stops_early_gets_no_traceback_and_the_list_exits_0(site):
+    """`scripts/champion list | true`: the reader is gone before the list is written."""
+    done = subprocess.run(["bash", "-c", '"$0" list green | true; exit "${PIPESTATUS[0]}"',
+                           str(ROOT / "scripts" / "champion")], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "LUIGI_CONFIG_PATH": str(site.profile)})
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+
+
 def configparser_sections(profile: Path) -> dict[str, dict[str, str]]:
     """A profile's sections, to write a variant of it."""
     parser = configparser.ConfigParser(interpolation=None)
