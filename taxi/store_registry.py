@@ -44,7 +44,14 @@ def current(experiment: str, tracking_uri: str) -> Registry | None:
 def recorded(store: str) -> Registry | None:
     """The registry the store serves, None before a run has recorded one."""
     record = storage.target(store, layout.REGISTRY_RECORD)
-    return Registry(**storage.read_json(record)) if record.exists() else None
+    if not record.exists():
+        return None
+    content = storage.read_json(record)
+    try:
+        return Registry(str(content["experiment_id"]), int(content["created"]), str(content["tracking_uri"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise storage.CorruptTarget(f"{record.path} records no registry ({type(exc).__name__}: {exc}); write it "
+                                    f"again by hand, or delete it so that the next run records its own") from None
 
 
 def check(store: str, experiment: str, tracking_uri: str) -> None:
