@@ -138,7 +138,8 @@ def create_app(settings: Settings, runs: Runs | None = None) -> Flask:
 
     @app.get("/champions")
     def champions():
-        return render_template("champions.html", colors=[champion_view(color) for color in data.COLORS])
+        return render_template("champions.html", colors=[champion_view(color) for color in data.COLORS],
+                               max_reason=rollback.MAX_REASON)
 
     def champion_view(color: str) -> dict:
         """A color's versions with their decisions, the version a rollback goes back to by default, its alias
@@ -178,6 +179,7 @@ def create_app(settings: Settings, runs: Runs | None = None) -> Flask:
         error = errors[-1] if errors else status.first_line(done.stderr[-2000:]) or f"exit {done.returncode}"
         log.warning("rollback of %s by %s refused: %s", color, session["operator"], error)
         return render_template("champions.html", colors=[champion_view(c) for c in data.COLORS],
+                               max_reason=rollback.MAX_REASON,
                                error=f"The champion of {registry.model_name(color)} did not move: {error}",
                                values=request.form), 400 if done.returncode == 2 else 502
 

@@ -15,7 +15,8 @@ CHECKOUT = Path(config.PROJECT_DEFAULTS).parent
 HASH_ENV = "TAXI_WEB_PASSWORD_HASH"
 HASH_CREDENTIAL = "password-hash"  # systemd's LoadCredential= name, in $CREDENTIALS_DIRECTORY
 HASH_METHODS = ("scrypt:", "pbkdf2:")  # werkzeug.security's own
-PRIVATE_ENV = (HASH_ENV, "CREDENTIALS_DIRECTORY")  # kept from the runs' environment
+# kept from the runs' environment: the page's own secrets, and MLflow's server-side ones should they be set
+PRIVATE_ENV = (HASH_ENV, "CREDENTIALS_DIRECTORY", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY")
 
 
 class SettingsError(RuntimeError):

@@ -404,6 +404,26 @@ def test_a_store_of_another_registry_shows_no_rows_and_names_both_registries(bro
     assert "/reports/runs/" not in page and "/reports/runs/" in logged_in(site).get(site.url).text
 
 
+def test_the_page_s_secrets_and_mlflow_s_server_secrets_stay_out_of_the_runs_environment(tmp_path):
+    """The environment the page gives the runs it starts (read in a process of its own, as the page starts): all of
+    its own but the password hash, the systemd credentials folder and MLflow's server-side secrets."""
+    profile = write_config(tmp_path / "profile.cfg", {
+        "core": {"local_scheduler": "false", "scheduler_url": "http://127.0.0.1:9"},
+        "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}, "taxi": {"store": str(tmp_path / "store")}})
+    private = {HASH_ENV: generate_password_hash("twelve chars or more"), "CREDENTIALS_DIRECTORY": str(tmp_path),
+               "MLFLOW_AUTH_ADMIN_PASSWORD": secrets.token_urlsafe(16),
+               "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_urlsafe(16)}
+    script = ("import json, pathlib, sys; from taxi.web.settings import from_config; "
+              "print(json.dumps(from_config(pathlib.Path(sys.argv[1])).run_env))")
+    read = subprocess.run([sys.executable, "-c", script, str(tmp_path / "state")], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "LUIGI_CONFIG_PATH": str(profile), "TAXI_SOURCE": "/srv/tlc",
+                                            **private})
+    assert read.returncode == 0, read.stderr[-2000:]
+    run_env = json.loads(read.stdout.strip().splitlines()[-1])
+    assert not set(private) & set(run_env)
+    assert (run_env["LUIGI_CONFIG_PATH"], run_env["TAXI_SOURCE"]) == (str(profile), "/srv/tlc")
+
+
 def test_a_failed_run_shows_the_failed_task_and_its_log(site):
     """2021-02 needs 2021-03, which the mirror lacks: the download fails, the run exits [retcode] task_failed."""
     client = logged_in(site)
