@@ -318,7 +318,7 @@ def test_the_operator_page_links_to_the_visualiser_through_the_proxy(stack, tmp_
                               password_hash=generate_password_hash(operator), visualiser_url=proxy.luigid_url + "/"))
     page = app.test_client()
     token = re.search(r'name="csrf_token" value="([^"]+)"', page.get("/login").text).group(1)
-    assert page.post("/login", data={"csrf_token": token, "password": operator}).status_code == 302
+    assert page.post("/login", data={"csrf_token": token, "name": "Ada", "password": operator}).status_code == 302
     links = re.findall(r'href="([^"]+)"', page.get("/").text)
     assert proxy.luigid_url in links and luigid.url not in links
     browser = session("127.0.0.5")

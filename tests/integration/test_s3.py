@@ -177,7 +177,7 @@ def test_s3_store_registers_the_same_model_as_a_local_run(first_run, pipeline, l
     assert "8 ran successfully" in first_run.stderr
     local_files = {path.relative_to(local_store).as_posix() for path in local_store.rglob("*") if path.is_file()}
     objects = pipeline.objects()
-    assert set(objects) == local_files and len(objects) == 21
+    assert set(objects) == local_files and len(objects) == 22  # registry.json among them
     run_dir = pipeline.run_dir()
     month = {"color": "green", "ym": "2021-01"}
     for wanted in (layout.raw("green", 2021, 2)["data"], pattern(layout.CLEAN, **month),
