@@ -391,13 +391,15 @@ def test_scoring_the_newest_published_month_scores_it_with_the_champion(scored):
 
 
 def test_a_store_that_refuses_writes_fails_naming_the_target_and_leaves_nothing(scored, tmp_path):
-    """A read-only store (a tmpfs remounted read-only: root ignores file modes) holding the cleaned month: the
-    scoring fails with one line naming the target, writes nothing, and its MLflow run ends FAILED."""
+    """A read-only store (a tmpfs remounted read-only: root ignores file modes) holding the cleaned month and the
+    record of the registry it serves: the scoring fails with one line naming the target, writes nothing, and its
+    MLflow run ends FAILED."""
     store = tmp_path / "store"
     store.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(store)], check=True)
     try:
         shutil.copytree(scored.store / "clean", store / "clean")
+        shutil.copyfile(scored.store / layout.REGISTRY_RECORD, store / layout.REGISTRY_RECORD)
         subprocess.run(["mount", "-o", "remount,ro", str(store)], check=True)
         before = {run.info.run_id for run in february_scorings(scored)}
         config = write_config(tmp_path / "ro.cfg", {"taxi": {"source": str(scored.workdir / "mirror"),
@@ -405,7 +407,8 @@ def test_a_store_that_refuses_writes_fails_naming_the_target_and_leaves_nothing(
                                                     "mlflow": {"tracking_uri": scored.mlflow.url},
                                                     "core": private_lock(tmp_path)})
         done = run_luigi(tmp_path, config, "ScoreVersion", *FEBRUARY, "--model-version", "1")
-        left = [path for path in store.rglob("*") if path.is_file() and "clean" not in path.parts]
+        left = [path for path in store.rglob("*")
+                if path.is_file() and "clean" not in path.parts and path.name != layout.REGISTRY_RECORD]
     finally:
         subprocess.run(["umount", str(store)], check=True)
     target = store / layout.scores("green", 2021, 2, 1)[layout.PREDICTIONS]
