@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 
 import luigi
 import luigi.configuration
+import luigi.interface
+import luigi.parameter
 
 from taxi.data import TLC_SOURCE
 from taxi.urls import tracking_identity
@@ -58,6 +61,16 @@ def configure_logging() -> None:
     for name, value in (("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"),
                         ("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true"), ("MLFLOW_LOGGING_LEVEL", "WARNING")):
         os.environ.setdefault(name, value)
+
+
+def scheduler_url() -> str | None:
+    """luigid's URL as Luigi computes it from the profile, or None when runs use a local scheduler."""
+    with warnings.catch_warnings():  # other [core] settings (rpc-retry-wait...) are read by Luigi's client, not here
+        warnings.simplefilter("ignore", luigi.parameter.UnconsumedParameterWarning)
+        core = luigi.interface.core()
+    if core.local_scheduler:
+        return None
+    return core.scheduler_url or f"http://{core.scheduler_host}:{core.scheduler_port}/"
 
 
 class TaxiConfig(luigi.Config):

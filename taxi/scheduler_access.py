@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import logging
 import sys
-import warnings
 from urllib.parse import urlsplit
 
-import luigi.interface
-import luigi.parameter
 import requests
 
 from taxi import config
@@ -28,16 +25,6 @@ SETUP = 'docs/operations.md "The proxy"'
 
 class SchedulerAccessError(RuntimeError):
     """luigid turns this host away; the message names it (without secrets) and says what to set."""
-
-
-def scheduler_url() -> str | None:
-    """luigid's URL as Luigi computes it from the profile, or None with a local scheduler."""
-    with warnings.catch_warnings():  # other [core] settings (rpc-retry-wait...) are read by Luigi's client, not here
-        warnings.simplefilter("ignore", luigi.parameter.UnconsumedParameterWarning)
-        core = luigi.interface.core()
-    if core.local_scheduler:
-        return None
-    return core.scheduler_url or f"http://{core.scheduler_host}:{core.scheduler_port}/"
 
 
 def check(url: str, timeout: float = 10.0) -> None:
@@ -68,7 +55,7 @@ def check(url: str, timeout: float = 10.0) -> None:
 
 def main() -> None:
     config.load()
-    url = scheduler_url()
+    url = config.scheduler_url()
     if url is None:
         return
     try:

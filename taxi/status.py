@@ -17,8 +17,6 @@ import posixpath
 import sys
 from dataclasses import dataclass
 
-import luigi.interface
-import luigi.task
 import mlflow
 import requests
 from mlflow.exceptions import MlflowException
@@ -185,14 +183,6 @@ def history_section(color: str) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def scheduler_url() -> str | None:
-    """luigid's URL when runs use one ([core] local_scheduler = false), else None."""
-    core = luigi.interface.core()
-    if core.local_scheduler:
-        return None
-    return core.scheduler_url or f"http://{core.scheduler_host}:{core.scheduler_port}/"
-
-
 def scheduler_tasks(url: str) -> list[dict]:
     """luigid's RUNNING, FAILED and DISABLED tasks (with their "task_id") from its JSON API, least recently updated
     first."""
@@ -233,7 +223,7 @@ def status(colors: list[str]) -> str:
     sections = [section for color in colors
                 for section in (color_section(store, tracking_uri, color), score_section(store, color),
                                 history_section(color))]
-    return "\n\n".join([*sections, scheduler_section(scheduler_url())])
+    return "\n\n".join([*sections, scheduler_section(config.scheduler_url())])
 
 
 def first_line(text: str) -> str:

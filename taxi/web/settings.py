@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from taxi import config, status, storage, tracking
+from taxi import config, storage, tracking
 
 CHECKOUT = Path(config.PROJECT_DEFAULTS).parent
 HASH_ENV = "TAXI_WEB_PASSWORD_HASH"
@@ -79,7 +79,7 @@ def secret_key(state: Path) -> bytes:
 def from_config(state: Path, tls_proxy: bool = False, visualiser_url: str = "") -> Settings:
     """The settings of the profile in LUIGI_CONFIG_PATH; a profile without luigid cannot start runs, so it fails."""
     config.load()
-    scheduler = status.scheduler_url()
+    scheduler = config.scheduler_url()
     if scheduler is None:
         raise SettingsError("the page starts runs through luigid, but [core] local_scheduler = true: use a profile "
                             "with a central scheduler, e.g. LUIGI_CONFIG_PATH=config/central.cfg")
